@@ -1,0 +1,687 @@
+"""HelpDesk: the engine and composition root. Every command is one transaction.
+
+A command runs: load -> pure transition -> veto hooks -> compare-and-set save -> events (and
+outbox rows) in the same transaction -> commit -> notify plugins, each isolated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import pluggy
+
+from .channels import Channel, Outbound
+from .clock import Clock, SystemClock
+from .convert import make_converter
+from .entities import (
+    Author,
+    Block,
+    Client,
+    ClientIdentity,
+    Conversation,
+    Delivery,
+    Event,
+    Kind,
+    Message,
+    Operator,
+    Presence,
+    Role,
+    State,
+)
+from .errors import (
+    ClientBlocked,
+    ConfigurationError,
+    InvalidTransition,
+    PluginError,
+    ValidationError,
+    Vetoed,
+)
+from .ids import new_id
+from .lifecycle import OPEN, Act, rule_for, start, transition
+from .plugins import implementations, make_plugin_manager
+from .storage import EntityType, HasAny, In, Page, Range, Storage, Transaction, Where
+
+log = logging.getLogger("jivocore")
+T = TypeVar("T")
+
+CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
+    EntityType(name="operators", cls=Operator, indexes=(("presence",),)),
+    EntityType(name="clients", cls=Client, indexes=(("responsible_id",), ("status",))),
+    EntityType(
+        name="client_identities",
+        cls=ClientIdentity,
+        unique=(("channel", "external_id"),),
+        indexes=(("client_id",),),
+    ),
+    EntityType(
+        name="conversations",
+        cls=Conversation,
+        indexes=(("state", "created"), ("client_id", "channel", "state"), ("state", "closed")),
+        members=("participants", "involved"),
+    ),
+    EntityType(
+        name="messages",
+        cls=Message,
+        unique=(("conversation_id", "seq"), ("channel", "external_id")),
+    ),
+    EntityType(name="events", cls=Event, indexes=(("conversation_id",), ("type", "at"))),
+    EntityType(name="deliveries", cls=Delivery, indexes=(("status", "due"),)),
+)
+
+DEFAULT_SETTINGS: Mapping[str, Any] = {
+    "database": ":memory:",
+    "ignore_cooldown": 60.0,  # seconds an ignored conversation stays hidden from that operator
+    "block_hours": 24.0,  # how long a block lasts unless the operator says otherwise
+    "max_message_chars": 20_000,
+    "delivery_attempts": 8,  # then a delivery is dead
+    "delivery_backoff": 5.0,  # seconds before the first retry; doubles with each attempt
+}
+
+_FOREVER = object()
+
+
+class _Work:
+    """What one command has in hand: its transaction, its moment, the events it appends."""
+
+    def __init__(self, desk: HelpDesk, tx: Transaction, now: datetime) -> None:
+        self.desk = desk
+        self.tx = tx
+        self.now = now
+        self.events: list[Event] = []
+
+    def record(self, type: str, *, actor_id: str | None = None, conversation: Conversation | None = None,
+               client_id: str | None = None, **data: Any) -> None:
+        event = Event(
+            id=new_id(self.now),
+            type=type,
+            at=self.now,
+            actor_id=actor_id,
+            conversation_id=conversation.id if conversation else None,
+            client_id=client_id or (conversation.client_id if conversation else None),
+            data=data,
+        )
+        self.events.append(self.tx.add(event))
+
+    def name_of(self, operator_id: str) -> str:
+        operator = self.tx.find(Operator, operator_id)
+        return f"{operator.name} ({operator_id})" if operator else operator_id
+
+    def operator(self, operator_id: str) -> Operator:
+        return self.tx.get(Operator, operator_id)
+
+
+class HelpDesk:
+    """A help desk composed from plugins.
+
+    :param plugins: plugin modules or objects to register (built-in ones included, explicitly).
+    :param clock: where time comes from; the system clock by default.
+    :param settings: overrides of `DEFAULT_SETTINGS`; ``database`` names the database.
+    :param entry_points: also load the plugins installed under the ``jivocore`` entry points.
+    :param block: plugin names never to register.
+    """
+
+    def __init__(
+        self,
+        plugins: Iterable[object] = (),
+        *,
+        clock: Clock | None = None,
+        settings: Mapping[str, Any] | None = None,
+        entry_points: bool = False,
+        block: Iterable[str] = (),
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        unknown = set(settings or {}) - set(DEFAULT_SETTINGS)
+        self.settings: Mapping[str, Any] = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.pm: pluggy.PluginManager = make_plugin_manager(
+            plugins, entry_points=entry_points, block=block
+        )
+        self.converter: cattrs.Converter = make_converter()
+        for impl in implementations(self.pm, "jivocore_prepare_converter"):
+            impl(converter=self.converter)
+        self.entity_types: Mapping[str, EntityType] = self._collect_entity_types()
+        self.channels: Mapping[str, Channel] = self._collect_channels()
+        self._vetoes = implementations(self.pm, "jivocore_veto_transition")
+        self._listeners = implementations(self.pm, "jivocore_events_committed")
+        self.storage: Storage = self._get_storage()
+        self.storage.setup(tuple(self.entity_types.values()), self.converter)
+        if unknown:
+            log.warning("ignoring unknown settings: %s", ", ".join(sorted(unknown)))
+
+    @classmethod
+    def open(cls, database: str = ":memory:", **kwargs: Any) -> HelpDesk:
+        """A desk on `database` (a SQLite file by default) with the installed plugins."""
+        settings = {**kwargs.pop("settings", {}), "database": database}
+        return cls(settings=settings, entry_points=True, **kwargs)
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> HelpDesk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- composition -------------------------------------------------------------------------
+
+    def _collect_entity_types(self) -> dict[str, EntityType]:
+        found: dict[str, EntityType] = {t.name: t for t in CORE_ENTITY_TYPES}
+        owner = {t.name: "jivocore" for t in CORE_ENTITY_TYPES}
+        for impl in implementations(self.pm, "jivocore_register_entity_types"):
+
+            def register(etype: EntityType, plugin: str = impl.plugin) -> None:
+                if not isinstance(etype, EntityType):
+                    raise PluginError(
+                        f"plugin {plugin} registered {etype!r}, not a jivocore.EntityType",
+                        plugin=plugin,
+                    )
+                if etype.name in found or any(t.cls is etype.cls for t in found.values()):
+                    taken = owner.get(etype.name) or "another plugin"
+                    raise PluginError(
+                        f"plugin {plugin} registered entity type {etype.name!r} "
+                        f"({etype.cls.__name__}), which {taken} already registered",
+                        plugin=plugin,
+                    )
+                found[etype.name] = etype
+                owner[etype.name] = plugin
+
+            impl(register=register)
+        return found
+
+    def _collect_channels(self) -> dict[str, Channel]:
+        found: dict[str, Channel] = {}
+        owner: dict[str, str] = {}
+        for impl in implementations(self.pm, "jivocore_register_channels"):
+
+            def register(channel: Channel, plugin: str = impl.plugin) -> None:
+                name = getattr(channel, "name", None)
+                if not isinstance(channel, Channel) or not isinstance(name, str) or not name:
+                    raise PluginError(
+                        f"plugin {plugin} registered {channel!r}, which is not a channel: it "
+                        "needs a `name` and a `send(outbound)` method",
+                        plugin=plugin,
+                    )
+                if name in found:
+                    raise PluginError(
+                        f"plugin {plugin} registered channel {name!r}, which plugin "
+                        f"{owner[name]} already registered",
+                        plugin=plugin,
+                    )
+                found[name] = channel
+                owner[name] = plugin
+
+            impl(register=register)
+        return found
+
+    def _get_storage(self) -> Storage:
+        for impl in implementations(self.pm, "jivocore_get_storage"):
+            storage = impl(settings=self.settings)
+            if storage is None:
+                continue
+            if not all(callable(getattr(storage, m, None)) for m in ("setup", "transaction", "close")):
+                raise PluginError(
+                    f"plugin {impl.plugin} answered jivocore_get_storage with {storage!r}, "
+                    "which is not a storage backend (setup, transaction, close)",
+                    plugin=impl.plugin,
+                )
+            self.storage_plugin = impl.plugin
+            return storage  # type: ignore[no-any-return]
+        raise ConfigurationError(
+            f"no storage plugin can open {self.settings['database']!r}; register one, e.g. "
+            "HelpDesk(plugins=[jivocore_sqlite]) or HelpDesk.open(path) for the installed plugins"
+        )
+
+    # --- the command pipeline ----------------------------------------------------------------
+
+    @contextmanager
+    def _command(self) -> Iterator[_Work]:
+        """One command: a write transaction, then, once committed, the notifications."""
+        with self.storage.transaction() as tx:
+            work = _Work(self, tx, self.clock.now())
+            yield work
+        self._notify(work.events)
+
+    def _notify(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        for listener in self._listeners:
+            try:
+                listener(desk=self, events=events)
+            except Exception:
+                log.exception(
+                    "plugin %s failed in jivocore_events_committed; the command was committed "
+                    "and the other plugins were notified",
+                    listener.plugin,
+                )
+
+    def _veto(self, command: str, before: Conversation | None, after: Conversation,
+              actor: Operator | None) -> None:
+        for veto in self._vetoes:
+            reason = veto(desk=self, command=command, before=before, after=after, actor=actor)
+            if reason is not None:
+                raise Vetoed(
+                    f"plugin {veto.plugin} refused to {command}: {reason}",
+                    plugin=veto.plugin,
+                    command=command,
+                    reason=reason,
+                )
+
+    def _act(self, work: _Work, conversation: Conversation, command: str,
+             actor: Operator | None, colleague: Operator | None = None) -> Conversation:
+        """Apply one lifecycle command to a loaded conversation and save it (compare-and-set)."""
+        load = 0
+        if command == "accept" and actor is not None and actor.capacity is not None:
+            load = work.tx.count(Conversation, {"state": State.ACTIVE, "owner_id": actor.id})
+        act = Act(
+            command=command,
+            now=work.now,
+            actor=actor,
+            colleague=colleague,
+            actor_load=load,
+            cooldown=timedelta(seconds=float(self.settings["ignore_cooldown"])),
+            name_of=work.name_of,
+        )
+        after = transition(conversation, act)
+        self._veto(command, conversation, after, actor)
+        saved = work.tx.update(after)
+        event = rule_for(command, conversation.state).event
+        data: dict[str, Any] = {"state": saved.state.value, "episode": saved.episode}
+        if colleague is not None:
+            data["colleague_id"] = colleague.id
+        if command == "transfer":
+            data["from_id"] = conversation.owner_id
+        work.record(event, actor_id=actor.id if actor else None, conversation=saved, **data)
+        return saved
+
+    def _conversation_command(self, conversation_id: str, command: str, operator_id: str,
+                              colleague_id: str | None = None) -> Conversation:
+        with self._command() as work:
+            conversation = work.tx.get(Conversation, conversation_id)
+            actor = work.operator(operator_id)
+            colleague = work.operator(colleague_id) if colleague_id is not None else None
+            saved = self._act(work, conversation, command, actor, colleague)
+            if command == "accept":
+                client = work.tx.get(Client, saved.client_id)
+                if client.responsible_id is None:
+                    work.tx.update(attrs.evolve(client, responsible_id=actor.id))
+                    work.record("responsible_set", actor_id=actor.id, client_id=client.id,
+                                responsible_id=actor.id)
+        return saved
+
+    # --- commands: the conversation lifecycle ------------------------------------------------
+
+    def receive(
+        self,
+        channel: str,
+        external_client_id: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        name: str | None = None,
+        kind: Kind | str = Kind.CHAT,
+    ) -> Message:
+        """A client's message arrives through `channel`. The client, their identity on the
+        channel and an inbox conversation are made as needed. With `message_id` (the channel's
+        id for the message) a redelivery returns the stored message and stores nothing."""
+        if channel not in self.channels:
+            known = ", ".join(sorted(self.channels)) or "none"
+            raise ValidationError(
+                f"no channel {channel!r} is installed (installed: {known})", channel=channel
+            )
+        if not external_client_id:
+            raise ValidationError("a message needs the client's id on the channel")
+        self._check_text(text)
+        kind = Kind(kind)
+        with self._command() as work:
+            tx = work.tx
+            if message_id is not None:
+                stored = next(tx.select(Message, {"channel": channel, "external_id": message_id}), None)
+                if stored is not None:
+                    return stored
+            identity = next(
+                tx.select(ClientIdentity, {"channel": channel, "external_id": external_client_id}),
+                None,
+            )
+            if identity is None:
+                client = tx.add(Client(id=new_id(work.now), name=name or "", created=work.now))
+                identity = tx.add(ClientIdentity(
+                    id=new_id(work.now), channel=channel, external_id=external_client_id,
+                    client_id=client.id, created=work.now,
+                ))
+                work.record("client_added", client_id=client.id, channel=channel)
+            else:
+                client = tx.get(Client, identity.client_id)
+                if client.blocked(work.now):
+                    until = client.block.until if client.block else None
+                    raise ClientBlocked(
+                        f"client {client.name or client.id} is blocked"
+                        + (f" until {until.isoformat()}" if until else ""),
+                        client_id=client.id,
+                        until=until,
+                    )
+            before = next(tx.select(
+                Conversation,
+                {"client_id": client.id, "channel": channel, "state": In(OPEN)},
+                limit=1,
+            ), None)
+            act = Act(command="receive", now=work.now, name_of=work.name_of)
+            if before is None:
+                opened = start(id=new_id(work.now), channel=channel, kind=kind,
+                               client_id=client.id, now=work.now)
+                after = transition(opened, act)
+                self._veto("receive", None, after, None)
+                conversation = tx.add(after)
+            else:
+                after = transition(before, act)
+                self._veto("receive", before, after, None)
+                conversation = tx.update(after)
+            message = tx.add(Message(
+                id=new_id(work.now), conversation_id=conversation.id,
+                seq=conversation.message_count, channel=channel, author=Author.CLIENT,
+                author_id=client.id, text=text, at=work.now, episode=conversation.episode,
+                external_id=message_id,
+            ))
+            work.record("received", conversation=conversation, message_id=message.id,
+                        seq=message.seq, opened=before is None, state=conversation.state.value)
+        return message
+
+    def ignore(self, conversation_id: str, operator_id: str) -> Conversation:
+        """Hide an inbox conversation from the operator for the cooldown; it then reappears."""
+        return self._conversation_command(conversation_id, "ignore", operator_id)
+
+    def accept(self, conversation_id: str, operator_id: str) -> Conversation:
+        """The operator takes an inbox conversation; it moves to their Chats."""
+        return self._conversation_command(conversation_id, "accept", operator_id)
+
+    def reply(self, conversation_id: str, operator_id: str, text: str) -> Message:
+        """An operator's message to the client, queued for delivery through the channel."""
+        self._check_text(text)
+        with self._command() as work:
+            conversation = self._act(work, work.tx.get(Conversation, conversation_id), "reply",
+                                     work.operator(operator_id))
+            message = work.tx.add(Message(
+                id=new_id(work.now), conversation_id=conversation.id,
+                seq=conversation.message_count, channel=conversation.channel,
+                author=Author.OPERATOR, author_id=operator_id, text=text, at=work.now,
+                episode=conversation.episode,
+            ))
+            work.tx.add(Delivery(
+                id=new_id(work.now), message_id=message.id, conversation_id=conversation.id,
+                channel=conversation.channel, due=work.now,
+            ))
+            work.events[-1] = attrs.evolve(work.events[-1], data={
+                **work.events[-1].data, "message_id": message.id, "seq": message.seq})
+        return message
+
+    def transfer(self, conversation_id: str, operator_id: str, to_operator_id: str) -> Conversation:
+        """Hand the conversation to an online colleague, who becomes its owner."""
+        return self._conversation_command(conversation_id, "transfer", operator_id, to_operator_id)
+
+    def invite(self, conversation_id: str, operator_id: str, colleague_id: str) -> Conversation:
+        """Bring an online colleague into the conversation."""
+        return self._conversation_command(conversation_id, "invite", operator_id, colleague_id)
+
+    def leave(self, conversation_id: str, operator_id: str) -> Conversation:
+        """An invited operator leaves the conversation."""
+        return self._conversation_command(conversation_id, "leave", operator_id)
+
+    def close(self, conversation_id: str, operator_id: str) -> Conversation:  # type: ignore[override]
+        """End the chat: it moves to All with the outcome answered."""
+        return self._conversation_command(conversation_id, "close", operator_id)
+
+    def join(self, conversation_id: str, operator_id: str) -> Conversation:
+        """Join a conversation: from All it reopens with the operator as owner (a new
+        episode); an active one gains the operator as a participant."""
+        return self._conversation_command(conversation_id, "join", operator_id)
+
+    def client_left(self, conversation_id: str) -> Conversation:
+        """The client left (or timed out) before anyone accepted: outcome missed."""
+        with self._command() as work:
+            return self._act(work, work.tx.get(Conversation, conversation_id), "client_left", None)
+
+    def block(self, client_id: str, operator_id: str, *,
+              duration: timedelta | None | object = _FOREVER) -> Client:
+        """Block a client: their open conversations close (outcome blocked) and new messages
+        are refused until `duration` passes (``block_hours`` by default) or they are unblocked.
+        ``duration=None`` blocks indefinitely."""
+        if duration is _FOREVER:
+            duration = timedelta(hours=float(self.settings["block_hours"]))
+        if duration is not None and (not isinstance(duration, timedelta) or duration <= timedelta(0)):
+            raise ValidationError(f"a block lasts a positive timedelta or None, not {duration!r}")
+        with self._command() as work:
+            actor = work.operator(operator_id)
+            client = work.tx.get(Client, client_id)
+            until = work.now + duration if isinstance(duration, timedelta) else None
+            client = work.tx.update(attrs.evolve(
+                client, block=Block(by=actor.id, at=work.now, until=until)))
+            for conversation in list(work.tx.select(
+                Conversation, {"client_id": client_id, "state": In(OPEN)}
+            )):
+                self._act(work, conversation, "block", actor)
+            work.record("client_blocked", actor_id=actor.id, client_id=client.id,
+                        until=until.isoformat() if until else None)
+        return client
+
+    def unblock(self, client_id: str, operator_id: str) -> Client:
+        """Lift a client's block: their messages are accepted again."""
+        with self._command() as work:
+            actor = work.operator(operator_id)
+            client = work.tx.get(Client, client_id)
+            if not client.blocked(work.now):
+                raise InvalidTransition(f"client {client.name or client.id} is not blocked",
+                                        client_id=client.id)
+            client = work.tx.update(attrs.evolve(client, block=None))
+            work.record("client_unblocked", actor_id=actor.id, client_id=client.id)
+        return client
+
+    def _check_text(self, text: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ValidationError("a message needs some text")
+        limit = int(self.settings["max_message_chars"])
+        if len(text) > limit:
+            raise ValidationError(
+                f"a message holds at most {limit} characters; this one has {len(text)}",
+                limit=limit,
+            )
+
+    # --- operators and clients ---------------------------------------------------------------
+
+    def add_operator(self, name: str, *, email: str = "", role: Role | str = Role.OPERATOR,
+                     presence: Presence | str = Presence.OFFLINE, capacity: int | None = None,
+                     sees_all: bool = False) -> Operator:
+        if not name.strip():
+            raise ValidationError("an operator needs a name")
+        if capacity is not None and capacity < 0:
+            raise ValidationError(f"capacity is a number of chats, not {capacity}")
+        with self._command() as work:
+            operator = work.tx.add(Operator(
+                id=new_id(work.now), name=name, email=email, role=Role(role),
+                presence=Presence(presence), capacity=capacity, sees_all=sees_all,
+                created=work.now,
+            ))
+            work.record("operator_added", actor_id=operator.id)
+        return operator
+
+    def update_operator(self, operator: Operator) -> Operator:
+        """Save an edited operator (from `attrs.evolve`); ConflictError if it changed since."""
+        with self._command() as work:
+            saved = work.tx.update(operator)
+            work.record("operator_updated", actor_id=saved.id)
+        return saved
+
+    def set_presence(self, operator_id: str, presence: Presence | str) -> Operator:
+        presence = Presence(presence)
+        with self._command() as work:
+            operator = work.operator(operator_id)
+            if operator.presence is presence:
+                return operator
+            saved = work.tx.update(attrs.evolve(operator, presence=presence))
+            work.record("presence_changed", actor_id=saved.id, presence=presence.value)
+        return saved
+
+    def add_client(self, name: str = "", *, emails: Sequence[str] = (), phones: Sequence[str] = (),
+                   status: str = "new", custom: Mapping[str, str] | None = None,
+                   responsible_id: str | None = None) -> Client:
+        with self._command() as work:
+            if responsible_id is not None:
+                work.operator(responsible_id)
+            client = work.tx.add(Client(
+                id=new_id(work.now), name=name, emails=tuple(emails), phones=tuple(phones),
+                status=status, custom=dict(custom or {}), responsible_id=responsible_id,
+                created=work.now,
+            ))
+            work.record("client_added", client_id=client.id)
+        return client
+
+    def update_client(self, client: Client) -> Client:
+        """Save an edited client (from `attrs.evolve`); ConflictError if it changed since."""
+        with self._command() as work:
+            if client.responsible_id is not None:
+                work.operator(client.responsible_id)
+            saved = work.tx.update(client)
+            work.record("client_updated", client_id=saved.id)
+        return saved
+
+    # --- queries -----------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """A consistent read-only view of the desk, for queries the methods below don't cover."""
+        with self.storage.transaction(write=False) as tx:
+            yield tx
+
+    def get(self, cls: type[T], id: str) -> T:
+        """Any stored entity by id, or NotFoundError."""
+        with self.reading() as tx:
+            return tx.get(cls, id)
+
+    def conversation(self, conversation_id: str) -> Conversation:
+        return self.get(Conversation, conversation_id)
+
+    def operator(self, operator_id: str) -> Operator:
+        return self.get(Operator, operator_id)
+
+    def client(self, client_id: str) -> Client:
+        return self.get(Client, client_id)
+
+    def operators(self) -> list[Operator]:
+        with self.reading() as tx:
+            return list(tx.select(Operator, order=("name",)))
+
+    def clients(self, where: Where | None = None, *, after: str | None = None,
+                limit: int = 50) -> Page[Client]:
+        with self.reading() as tx:
+            return tx.page(Client, where, order=("-created",), after=after, limit=limit)
+
+    def inbox(self, operator_id: str, *, limit: int = 50) -> list[Conversation]:
+        """Conversations waiting to be accepted, oldest first, less those the operator ignored
+        and whose cooldown has not passed yet at the clock's current time."""
+        now = self.clock.now()
+        with self.reading() as tx:
+            tx.get(Operator, operator_id)
+            shown: list[Conversation] = []
+            for conversation in tx.select(Conversation, {"state": State.INBOX}, order=("created",)):
+                if not conversation.ignored_by(operator_id, now):
+                    shown.append(conversation)
+                    if len(shown) == limit:
+                        break
+            return shown
+
+    def chats(self, operator_id: str) -> list[Conversation]:
+        """The operator's open conversations, most recent message first."""
+        with self.reading() as tx:
+            tx.get(Operator, operator_id)
+            return list(tx.select(
+                Conversation,
+                {"state": State.ACTIVE, "participants": HasAny({operator_id})},
+                order=("-last_message_at",),
+            ))
+
+    def archive(self, operator_id: str | None = None, where: Where | None = None, *,
+                after: str | None = None, limit: int = 50) -> Page[Conversation]:
+        """Closed conversations, newest closed first. With `operator_id`, only those the operator
+        may see: the ones they took part in, or all for managers and operators who see all."""
+        query: dict[str, Any] = {**(where or {}), "state": State.CLOSED}
+        with self.reading() as tx:
+            if operator_id is not None:
+                operator = tx.get(Operator, operator_id)
+                if not (operator.is_manager or operator.sees_all):
+                    query["involved"] = HasAny({operator_id})
+            return tx.page(Conversation, query, order=("-closed",), after=after, limit=limit)
+
+    def messages(self, conversation_id: str, *, after_seq: int = 0,
+                 limit: int | None = None) -> list[Message]:
+        """The conversation's messages in order, after sequence number `after_seq`."""
+        with self.reading() as tx:
+            tx.get(Conversation, conversation_id)
+            return list(tx.select(
+                Message,
+                {"conversation_id": conversation_id, "seq": Range(gt=after_seq)},
+                order=("seq",),
+                limit=limit,
+            ))
+
+    def events(self, where: Where | None = None, *, after: str | None = None,
+               limit: int = 100) -> Page[Event]:
+        """The event log, oldest first."""
+        with self.reading() as tx:
+            return tx.page(Event, where, order=("id",), after=after, limit=limit)
+
+    # --- the outbox --------------------------------------------------------------------------
+
+    def deliver(self, *, limit: int = 100) -> int:
+        """Send the operator messages that are due through their channels; returns how many
+        went out. A failed send is retried later with back-off, and after the last attempt the
+        delivery is dead (its event says why). Call it from the host's worker loop."""
+        sent = 0
+        with self.reading() as tx:
+            due = list(tx.select(Delivery, {"status": "pending", "due": Range(le=self.clock.now())},
+                                 order=("due",), limit=limit))
+        for delivery in due:
+            sent += self._deliver_one(delivery)
+        return sent
+
+    def _deliver_one(self, delivery: Delivery) -> int:
+        with self.reading() as tx:
+            message = tx.get(Message, delivery.message_id)
+            conversation = tx.get(Conversation, delivery.conversation_id)
+            client = tx.get(Client, conversation.client_id)
+            identity = next(tx.select(ClientIdentity, {"client_id": client.id,
+                                                       "channel": delivery.channel}), None)
+        channel = self.channels.get(delivery.channel)
+        attempt = delivery.attempts + 1
+        error: str | None = None
+        external_id: str | None = None
+        if channel is None:
+            error = f"channel {delivery.channel!r} is not installed"
+        else:
+            try:
+                external_id = channel.send(Outbound(message=message, conversation=conversation,
+                                                    client=client, identity=identity,
+                                                    attempt=attempt))
+            except Exception as exc:  # a channel's failure is retried, never lost
+                error = f"{type(exc).__name__}: {exc}"
+        with self._command() as work:
+            if error is None:
+                work.tx.update(attrs.evolve(delivery, status="sent", attempts=attempt, error=None))
+                work.record("delivered", conversation=conversation, message_id=message.id,
+                            external_id=external_id)
+                return 1
+            dead = attempt >= int(self.settings["delivery_attempts"])
+            backoff = float(self.settings["delivery_backoff"]) * 2 ** (attempt - 1)
+            work.tx.update(attrs.evolve(
+                delivery, attempts=attempt, error=error, status="dead" if dead else "pending",
+                due=work.now + timedelta(seconds=backoff),
+            ))
+            work.record("delivery_dead" if dead else "delivery_failed", conversation=conversation,
+                        message_id=message.id, error=error, attempt=attempt)
+        return 0
+
+
+__all__ = ["CORE_ENTITY_TYPES", "DEFAULT_SETTINGS", "HelpDesk"]

@@ -1,0 +1,100 @@
+"""The hook specifications: everything a plugin can contribute to or learn from a desk.
+
+Verb families: ``jivocore_register_<things>(register)`` contributes, ``jivocore_prepare_<thing>``
+adjusts in place, ``jivocore_get_storage`` provides, ``jivocore_veto_transition`` may refuse, and
+past-tense hooks notify after commit. Implementations may take fewer arguments than the spec.
+Every hook here is documented in docs/hooks.md with its exact signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import cattrs
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .channels import Channel
+    from .desk import HelpDesk
+    from .entities import Conversation, Event, Operator
+    from .storage import EntityType, Storage
+
+hookspec = pluggy.HookspecMarker("jivocore")
+
+
+@hookspec(firstresult=True)
+def jivocore_get_storage(settings: Mapping[str, Any]) -> Storage | None:
+    """Provide the desk's storage backend for these settings, or None to let another answer.
+
+    The built-in SQLite backend answers last (``trylast``). Stops at first non-None result.
+
+    :param settings: the desk's settings; ``settings["database"]`` names the database.
+    """
+
+
+@hookspec
+def jivocore_register_entity_types(register: Callable[[EntityType], None]) -> None:
+    """Register the entity types the plugin stores, each with ``register(EntityType(...))``.
+
+    :param register: call once per entity type; a name or class registered twice is an error.
+    """
+
+
+@hookspec
+def jivocore_register_channels(register: Callable[[Channel], None]) -> None:
+    """Register channel adapters, each with ``register(channel)``.
+
+    :param register: call once per channel; a channel name registered twice is an error.
+    """
+
+
+@hookspec
+def jivocore_register_commands(register: Callable[[click.Command], None]) -> None:
+    """Register commands for the ``jivocore`` command line, each with ``register(command)``.
+
+    :param register: call with a ``click.Command``; a command name taken twice is an error.
+    """
+
+
+@hookspec
+def jivocore_prepare_converter(converter: cattrs.Converter) -> None:
+    """Adjust the desk's converter in place, e.g. to add hooks for a plugin's own value types.
+
+    :param converter: the one converter the desk and its storage use.
+    """
+
+
+@hookspec
+def jivocore_veto_transition(
+    desk: HelpDesk,
+    command: str,
+    before: Conversation | None,
+    after: Conversation,
+    actor: Operator | None,
+) -> str | None:
+    """Refuse a conversation command before it is saved by returning the reason, or None.
+
+    Runs inside the command's transaction, after the lifecycle's own guards; a reason makes the
+    command raise ``Vetoed`` naming the plugin, and nothing is stored.
+
+    :param desk: the desk running the command.
+    :param command: the lifecycle command, e.g. ``"accept"``.
+    :param before: the conversation as it was (None when ``receive`` opens a new one).
+    :param after: the conversation as the command would leave it.
+    :param actor: the operator who gave the command; None for the client or the system.
+    """
+
+
+@hookspec
+def jivocore_events_committed(desk: HelpDesk, events: Sequence[Event]) -> None:
+    """Learn what happened, after it was committed.
+
+    Each implementation runs isolated: one that raises is logged with the plugin's name and the
+    others still run; the command has succeeded either way.
+
+    :param desk: the desk whose command committed.
+    :param events: the events the command appended, in order.
+    """

@@ -1,0 +1,86 @@
+"""The plugin manager factory, and the one way the engine calls an implementation on its own."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+PROJECT = "jivocore"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def plugin_name(plugin: object) -> str:
+    """A plugin's name: its module's name, or the class and module of an instance."""
+    name = getattr(plugin, "__name__", None)
+    if isinstance(name, str):
+        return name
+    cls = type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def make_plugin_manager(
+    plugins: Iterable[object] = (), *, entry_points: bool = False, block: Iterable[str] = ()
+) -> pluggy.PluginManager:
+    """A new plugin manager holding `plugins` and, with `entry_points`, the installed plugins
+    of the ``jivocore`` entry-point group; a plugin named in `block` is never registered.
+    A misspelt hook or a wrong argument name fails here with a PluginError naming the plugin."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in block:
+        pm.set_blocked(name)
+    for plugin in plugins:
+        _register(pm, plugin, plugin_name(plugin))
+    if entry_points:
+        for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=lambda e: e.name):
+            if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"the installed plugin {ep.name} ({ep.value}) cannot be imported: {exc}",
+                    plugin=ep.name,
+                ) from exc
+            if not pm.is_registered(plugin) and not pm.is_blocked(plugin_name(plugin)):
+                _register(pm, plugin, ep.name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or plugin_name(exc.plugin)
+        raise PluginError(f"plugin {name}: {exc}", plugin=name) from exc
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name}: {exc}", plugin=name) from exc
+    except ValueError as exc:
+        raise PluginError(f"plugin {name} cannot be registered: {exc}", plugin=name) from exc
+
+
+@attrs.frozen
+class Implementation:
+    """One plugin's implementation of a hook, callable on its own: the engine calls hooks this
+    way where it must name the plugin behind an answer, or isolate one plugin from another."""
+
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.function(*[kwargs[arg] for arg in self.argnames])
+
+
+def implementations(pm: pluggy.PluginManager, hook: str) -> tuple[Implementation, ...]:
+    """Each implementation of `hook`, in pluggy's calling order (last registered first)."""
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    return tuple(Implementation(i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(impls))

@@ -1,0 +1,300 @@
+"""The storage contract: what a backend provides, and the portable filter language it speaks.
+
+A backend stores every registered `EntityType` (core and plugin ones alike) as a table whose
+columns are the entity's fields. Scalars (str, int, bool, float, enums, datetimes as fixed-width
+UTC text) are columns that can be filtered, ordered and indexed; collections and nested values
+are JSON text. A set-valued field named in `members` also gets a side table, so "has tag X" is an
+indexed lookup. Backends share the encoding below, so every backend stores the same values.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import types
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import cattrs
+
+from .convert import structure
+from .errors import ValidationError
+
+T = TypeVar("T")
+
+
+# --- the filter language ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class In:
+    """The field's value is one of `values`."""
+
+    values: tuple[Any, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
+class Not:
+    """The field's value is not `value` (None: the field is set)."""
+
+    value: Any
+
+
+@attrs.frozen(kw_only=True)
+class Range:
+    """The field's value lies in a range; each bound is optional."""
+
+    gt: Any = None
+    ge: Any = None
+    lt: Any = None
+    le: Any = None
+
+
+@attrs.frozen
+class HasAny:
+    """A set-valued field (named in `members`) holds at least one of `values`."""
+
+    values: frozenset[Any] = attrs.field(converter=frozenset)
+
+
+@attrs.frozen
+class HasAll:
+    """A set-valued field (named in `members`) holds every one of `values`."""
+
+    values: frozenset[Any] = attrs.field(converter=frozenset)
+
+
+Where = Mapping[str, Any]  # field -> value (equality; None is IS NULL) or an operator above
+"""A filter: every condition must hold. `{"state": "inbox", "created": Range(ge=t)}`."""
+
+
+@attrs.frozen
+class Page(typing.Generic[T]):
+    """One page of a keyset-paginated listing; pass `next` as `after` for the following page."""
+
+    items: tuple[T, ...]
+    next: str | None
+
+
+# --- entity types ---------------------------------------------------------------------------------
+
+_SCALARS = (str, int, bool, float, datetime)
+
+
+class Column(enum.Enum):
+    TEXT = "text"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+    REAL = "real"
+    TIME = "time"  # fixed-width UTC text
+    JSON = "json"
+
+
+def _column_of(tp: Any) -> Column:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return _column_of(rest[0]) if len(rest) == 1 else Column.JSON
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum) or issubclass(tp, str):
+            return Column.TEXT
+        if issubclass(tp, bool):
+            return Column.BOOLEAN
+        if issubclass(tp, int):
+            return Column.INTEGER
+        if issubclass(tp, float):
+            return Column.REAL
+        if issubclass(tp, datetime):
+            return Column.TIME
+    return Column.JSON
+
+
+@attrs.frozen(kw_only=True)
+class EntityType:
+    """How an entity class is stored. Plugins register theirs with `jivocore_register_entity_types`.
+
+    :param name: the table's name, e.g. ``"conversations"``.
+    :param cls: the frozen attrs class, with ``id: str`` and ``version: int`` fields.
+    :param indexes: field tuples to index for filtering and ordering.
+    :param unique: field tuples that must be unique together (keys for `upsert_many`).
+    :param members: set-valued fields that filters test with `HasAny` / `HasAll`.
+    :param searchable: text fields covered by full-text `search`.
+    """
+
+    name: str
+    cls: type[Any]
+    indexes: tuple[tuple[str, ...], ...] = ()
+    unique: tuple[tuple[str, ...], ...] = ()
+    members: tuple[str, ...] = ()
+    searchable: tuple[str, ...] = ()
+    columns: Mapping[str, Column] = attrs.field(init=False)
+
+    @columns.default
+    def _columns(self) -> Mapping[str, Column]:
+        hints = typing.get_type_hints(self.cls)
+        return {f.name: _column_of(hints[f.name]) for f in attrs.fields(self.cls)}
+
+    def __attrs_post_init__(self) -> None:
+        if not attrs.has(self.cls):
+            raise ValidationError(f"{self.cls!r} is not an attrs class", entity=self.name)
+        if self.columns.get("id") is not Column.TEXT or self.columns.get("version") is not Column.INTEGER:
+            raise ValidationError(
+                f"{self.cls.__name__} needs fields `id: str` and `version: int` to be stored",
+                entity=self.name,
+            )
+        named = [*(f for i in self.indexes for f in i), *(f for u in self.unique for f in u)]
+        for field in [*named, *self.members, *self.searchable]:
+            if field not in self.columns:
+                raise ValidationError(
+                    f"{self.cls.__name__} has no field {field!r} to index", entity=self.name
+                )
+        for field in self.members:
+            if self.columns[field] is not Column.JSON:
+                raise ValidationError(f"{self.name}.{field} is not a set", entity=self.name)
+
+    # Encoding shared by every backend -----------------------------------------------------------
+
+    def encode(self, converter: cattrs.Converter, entity: Any) -> dict[str, Any]:
+        """The entity as column values: scalars as they are, the rest as JSON text."""
+        data: dict[str, Any] = converter.unstructure(entity)
+        for name, column in self.columns.items():
+            if column is Column.JSON:
+                data[name] = json.dumps(data[name], ensure_ascii=False, separators=(",", ":"))
+        return data
+
+    def decode(self, converter: cattrs.Converter, row: Mapping[str, Any]) -> Any:
+        data = dict(row)
+        for name, column in self.columns.items():
+            if column is Column.JSON:
+                data[name] = json.loads(data[name])
+        return structure(converter, data, self.cls)
+
+    def value(self, converter: cattrs.Converter, field: str, value: Any) -> Any:
+        """A filter value as its column holds it (an enum as its value, a time as its text)."""
+        if value is None:
+            return None
+        column = self.columns[field]
+        if column is Column.JSON and field not in self.members:
+            raise ValidationError(
+                f"{self.name}.{field} holds structured data and cannot be filtered on",
+                entity=self.name,
+                field=field,
+            )
+        return converter.unstructure(value)
+
+    def check_fields(self, fields: Iterable[str]) -> None:
+        for field in fields:
+            if field not in self.columns:
+                known = ", ".join(self.columns)
+                raise ValidationError(
+                    f"{self.name} has no field {field!r}; it has: {known}",
+                    entity=self.name,
+                    field=field,
+                )
+
+
+def parse_order(etype: EntityType, order: Sequence[str]) -> list[tuple[str, bool]]:
+    """`("-created", "name")` -> `[("created", True), ("name", False), ("id", False)]`: the
+    order fields with `descending`; `id` closes every order so keyset pages are exact."""
+    parsed = [(o.lstrip("-"), o.startswith("-")) for o in order]
+    etype.check_fields(name for name, _ in parsed)
+    for name, _ in parsed:
+        if etype.columns[name] is Column.JSON:
+            raise ValidationError(f"{etype.name}.{name} cannot be ordered on", field=name)
+    if not any(name == "id" for name, _ in parsed):
+        parsed.append(("id", parsed[-1][1] if parsed else False))
+    return parsed
+
+
+def make_cursor(
+    converter: cattrs.Converter, etype: EntityType, entity: Any, order: Sequence[tuple[str, bool]]
+) -> str:
+    """An opaque cursor that resumes a listing after `entity`."""
+    values = [converter.unstructure(getattr(entity, name)) for name, _ in order]
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
+
+
+def read_cursor(cursor: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except ValueError as exc:
+        raise ValidationError(f"not a cursor this listing made: {cursor!r}") from exc
+    if not isinstance(values, list) or len(values) != len(order):
+        raise ValidationError(f"the cursor {cursor!r} belongs to a listing in another order")
+    return values
+
+
+# --- what a backend provides ----------------------------------------------------------------------
+
+
+class Transaction(Protocol):
+    """One unit of work; everything in it commits or none of it does."""
+
+    def get(self, cls: type[T], id: str) -> T:
+        """The entity, or NotFoundError."""
+
+    def find(self, cls: type[T], id: str) -> T | None:
+        """The entity, or None."""
+
+    def add(self, entity: T) -> T:
+        """Store a new entity (version 0); returns it at version 1. ConflictError when a unique
+        field is taken."""
+
+    def update(self, entity: T) -> T:
+        """Store `entity` if the stored version is still `entity.version`; returns it at the
+        next version. ConflictError when someone else changed it first."""
+
+    def delete(self, entity: T) -> None:
+        """Remove the entity if its stored version is still `entity.version`."""
+
+    def select(
+        self,
+        cls: type[T],
+        where: Where | None = None,
+        *,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[T]:
+        """Matching entities in order, streamed."""
+
+    def page(
+        self,
+        cls: type[T],
+        where: Where | None = None,
+        *,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int = 50,
+    ) -> Page[T]:
+        """One page of `select`, with the cursor of the next."""
+
+    def count(self, cls: type[Any], where: Where | None = None) -> int:
+        """How many entities match."""
+
+    def search(
+        self, cls: type[T], text: str, where: Where | None = None, *, limit: int = 50
+    ) -> list[T]:
+        """Entities whose searchable fields hold every word of `text`, best match first."""
+
+    def upsert_many(self, cls: type[T], entities: Iterable[T], *, key: Sequence[str]) -> int:
+        """Add each entity, or update the one with the same `key` fields (keeping its id);
+        returns how many were written."""
+
+
+class Storage(Protocol):
+    """A storage backend, as `jivocore_get_storage` returns it."""
+
+    def setup(self, entity_types: Sequence[EntityType], converter: cattrs.Converter) -> None:
+        """Create or extend the schema for these entity types."""
+
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Transaction]:
+        """A transaction; `write=False` gives a consistent read-only view."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,506 @@
+"""The storage contract on SQLite: a file in WAL mode, or memory."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import sqlite_utils
+
+from jivocore import (
+    Column,
+    ConflictError,
+    EntityType,
+    HasAll,
+    HasAny,
+    In,
+    Not,
+    NotFoundError,
+    Page,
+    Range,
+    StorageError,
+    ValidationError,
+    Where,
+    make_cursor,
+    parse_order,
+    read_cursor,
+)
+
+T = TypeVar("T")
+
+_SQL_TYPES = {
+    Column.TEXT: str,
+    Column.INTEGER: int,
+    Column.BOOLEAN: int,
+    Column.REAL: float,
+    Column.TIME: str,
+    Column.JSON: str,
+}
+
+
+def _translate(exc: sqlite3.Error, what: str) -> Exception:
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in text:
+        fields = text.split(":", 1)[-1].strip()
+        return ConflictError(f"{what}: another record already has the same {fields}", fields=fields)
+    retriable = isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in text or "busy" in text
+    )
+    return StorageError(f"{what}: SQLite said: {text}", retriable=retriable)
+
+
+class _Tables:
+    """Entity types by class, with the SQL each needs, made once."""
+
+    def __init__(self, entity_types: Sequence[EntityType]) -> None:
+        self.by_class: dict[type[Any], EntityType] = {}
+        self.insert: dict[type[Any], str] = {}
+        self.update: dict[type[Any], str] = {}
+        for etype in entity_types:
+            self.by_class[etype.cls] = etype
+            cols = list(etype.columns)
+            self.insert[etype.cls] = (
+                f"INSERT INTO [{etype.name}] ({', '.join(f'[{c}]' for c in cols)}) "
+                f"VALUES ({', '.join(f':{c}' for c in cols)})"
+            )
+            sets = ", ".join(f"[{c}] = :{c}" for c in cols if c not in ("id", "version"))
+            self.update[etype.cls] = (
+                f"UPDATE [{etype.name}] SET {sets}, version = version + 1 "
+                "WHERE id = :id AND version = :version"
+            )
+
+    def of(self, cls: type[Any]) -> EntityType:
+        try:
+            return self.by_class[cls]
+        except KeyError:
+            raise ValidationError(
+                f"{cls.__name__} is not a registered entity type; register it with "
+                "jivocore_register_entity_types",
+                entity=cls.__name__,
+            ) from None
+
+
+class SQLiteTransaction:
+    """A transaction on one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection, tables: _Tables, converter: cattrs.Converter):
+        self.conn = conn
+        self.tables = tables
+        self.converter = converter
+
+    # reads --------------------------------------------------------------------------------
+
+    def find(self, cls: type[T], id: str) -> T | None:
+        etype = self.tables.of(cls)
+        row = self.conn.execute(f"SELECT * FROM [{etype.name}] WHERE id = ?", (id,)).fetchone()
+        return None if row is None else etype.decode(self.converter, row)  # type: ignore[no-any-return]
+
+    def get(self, cls: type[T], id: str) -> T:
+        found = self.find(cls, id)
+        if found is None:
+            raise NotFoundError(f"no {cls.__name__.lower()} with id {id!r}", entity=cls.__name__, id=id)
+        return found
+
+    def _where(self, etype: EntityType, where: Where | None) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if not where:
+            return clauses, params
+        etype.check_fields(where)
+        for field, cond in where.items():
+            col = f"[{etype.name}].[{field}]"
+            if field in etype.members:
+                side = f"[{etype.name}__{field}]"
+                if isinstance(cond, HasAny | HasAll):
+                    values = [etype.value(self.converter, field, v) for v in cond.values]
+                    if not values:
+                        clauses.append("0" if isinstance(cond, HasAny) else "1")
+                        continue
+                    marks = ", ".join("?" * len(values))
+                    if isinstance(cond, HasAny):
+                        clauses.append(
+                            f"[{etype.name}].id IN (SELECT entity_id FROM {side} "
+                            f"WHERE value IN ({marks}))"
+                        )
+                    else:
+                        clauses.append(
+                            f"[{etype.name}].id IN (SELECT entity_id FROM {side} WHERE value IN "
+                            f"({marks}) GROUP BY entity_id HAVING count(*) = {len(values)})"
+                        )
+                    params += values
+                    continue
+                raise ValidationError(
+                    f"{etype.name}.{field} is a set: filter it with HasAny or HasAll", field=field
+                )
+            if isinstance(cond, In):
+                values = [etype.value(self.converter, field, v) for v in cond.values]
+                clauses.append(f"{col} IN ({', '.join('?' * len(values))})" if values else "0")
+                params += values
+            elif isinstance(cond, Not):
+                if cond.value is None:
+                    clauses.append(f"{col} IS NOT NULL")
+                else:
+                    clauses.append(f"({col} IS NULL OR {col} != ?)")
+                    params.append(etype.value(self.converter, field, cond.value))
+            elif isinstance(cond, Range):
+                for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
+                    if bound is not None:
+                        clauses.append(f"{col} {op} ?")
+                        params.append(etype.value(self.converter, field, bound))
+            elif isinstance(cond, HasAny | HasAll):
+                raise ValidationError(f"{etype.name}.{field} is not a set field", field=field)
+            elif cond is None:
+                clauses.append(f"{col} IS NULL")
+            else:
+                clauses.append(f"{col} = ?")
+                params.append(etype.value(self.converter, field, cond))
+        return clauses, params
+
+    def _query(
+        self,
+        cls: type[Any],
+        where: Where | None,
+        order: Sequence[str],
+        after: str | None,
+        limit: int | None,
+    ) -> tuple[EntityType, list[tuple[str, bool]], str, list[Any]]:
+        etype = self.tables.of(cls)
+        parsed = parse_order(etype, order)
+        clauses, params = self._where(etype, where)
+        if after is not None:
+            values = read_cursor(after, parsed)
+            # (a, b, id) > (x, y, z) in the listing's own directions, spelt out for mixed ones.
+            ors = []
+            for i, (name, desc) in enumerate(parsed):
+                eqs = [f"[{n}] = ?" for n, _ in parsed[:i]]
+                ors.append("(" + " AND ".join([*eqs, f"[{name}] {'<' if desc else '>'} ?"]) + ")")
+                params += [*values[:i], values[i]]
+            clauses.append("(" + " OR ".join(ors) + ")")
+        sql = f"SELECT [{etype.name}].* FROM [{etype.name}]"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY " + ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in parsed)
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return etype, parsed, sql, params
+
+    def select(
+        self,
+        cls: type[T],
+        where: Where | None = None,
+        *,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[T]:
+        etype, _, sql, params = self._query(cls, where, order, after, limit)
+        cursor = self.conn.execute(sql, params)
+        while rows := cursor.fetchmany(200):
+            for row in rows:
+                yield etype.decode(self.converter, row)
+
+    def page(
+        self,
+        cls: type[T],
+        where: Where | None = None,
+        *,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int = 50,
+    ) -> Page[T]:
+        if limit < 1:
+            raise ValidationError(f"a page holds at least one item, not {limit}")
+        etype, parsed, sql, params = self._query(cls, where, order, after, limit + 1)
+        items = [etype.decode(self.converter, row) for row in self.conn.execute(sql, params)]
+        more = len(items) > limit
+        items = items[:limit]
+        cursor = make_cursor(self.converter, etype, items[-1], parsed) if more else None
+        return Page(tuple(items), cursor)
+
+    def count(self, cls: type[Any], where: Where | None = None) -> int:
+        etype = self.tables.of(cls)
+        clauses, params = self._where(etype, where)
+        sql = f"SELECT count(*) FROM [{etype.name}]"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return int(self.conn.execute(sql, params).fetchone()[0])
+
+    def search(
+        self, cls: type[T], text: str, where: Where | None = None, *, limit: int = 50
+    ) -> list[T]:
+        etype = self.tables.of(cls)
+        if not etype.searchable:
+            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
+        words = text.split()
+        if not words:
+            return []
+        # Each word quoted: user text never reaches FTS5's query syntax.
+        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        clauses, params = self._where(etype, where)
+        sql = (
+            f"SELECT [{etype.name}].* FROM [{etype.name}_fts] "
+            f"JOIN [{etype.name}] ON [{etype.name}].rowid = [{etype.name}_fts].rowid "
+            f"WHERE [{etype.name}_fts] MATCH ?"
+        )
+        if clauses:
+            sql += " AND " + " AND ".join(clauses)
+        sql += f" ORDER BY rank LIMIT {int(limit)}"
+        rows = self.conn.execute(sql, [match, *params]).fetchall()
+        return [etype.decode(self.converter, row) for row in rows]
+
+    # writes -------------------------------------------------------------------------------
+
+    def add(self, entity: T) -> T:
+        cls = type(entity)
+        etype = self.tables.of(cls)
+        if entity.version != 0:  # type: ignore[attr-defined]
+            raise ValidationError(
+                f"{cls.__name__} {entity.id} was already stored (version "  # type: ignore[attr-defined]
+                f"{entity.version}); update it instead",  # type: ignore[attr-defined]
+            )
+        stored = attrs.evolve(entity, version=1)  # type: ignore[misc]
+        row = etype.encode(self.converter, stored)
+        try:
+            self.conn.execute(self.tables.insert[cls], row)
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot add {cls.__name__} {row['id']}") from exc
+        self._index(etype, stored, row, new=True)
+        return stored
+
+    def update(self, entity: T) -> T:
+        cls = type(entity)
+        etype = self.tables.of(cls)
+        row = etype.encode(self.converter, entity)
+        try:
+            changed = self.conn.execute(self.tables.update[cls], row).rowcount
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot update {cls.__name__} {row['id']}") from exc
+        if not changed:
+            self._missed(etype, entity)
+        stored = attrs.evolve(entity, version=entity.version + 1)  # type: ignore[attr-defined, misc]
+        self._index(etype, stored, row, new=False)
+        return stored
+
+    def delete(self, entity: T) -> None:
+        etype = self.tables.of(type(entity))
+        for field in etype.members:
+            self.conn.execute(
+                f"DELETE FROM [{etype.name}__{field}] WHERE entity_id = ?",
+                (entity.id,),  # type: ignore[attr-defined]
+            )
+        if etype.searchable:
+            self.conn.execute(
+                f"DELETE FROM [{etype.name}_fts] WHERE rowid = "
+                f"(SELECT rowid FROM [{etype.name}] WHERE id = ?)",
+                (entity.id,),  # type: ignore[attr-defined]
+            )
+        gone = self.conn.execute(
+            f"DELETE FROM [{etype.name}] WHERE id = ? AND version = ?",
+            (entity.id, entity.version),  # type: ignore[attr-defined]
+        ).rowcount
+        if not gone:
+            self._missed(etype, entity)
+
+    def upsert_many(self, cls: type[T], entities: Iterable[T], *, key: Sequence[str]) -> int:
+        etype = self.tables.of(cls)
+        etype.check_fields(key)
+        if tuple(key) not in etype.unique and tuple(key) != ("id",):
+            raise ValidationError(f"{etype.name} has no unique key {tuple(key)!r} to upsert by")
+        written = 0
+        for entity in entities:
+            where = {k: getattr(entity, k) for k in key}
+            existing = next(self.select(cls, where, limit=1), None)
+            if existing is None:
+                self.add(attrs.evolve(entity, version=0))  # type: ignore[misc]
+            else:
+                self.update(attrs.evolve(entity, id=existing.id, version=existing.version))  # type: ignore[attr-defined, misc]
+            written += 1
+        return written
+
+    def _missed(self, etype: EntityType, entity: Any) -> None:
+        row = self.conn.execute(
+            f"SELECT version FROM [{etype.name}] WHERE id = ?", (entity.id,)
+        ).fetchone()
+        name = etype.cls.__name__
+        if row is None:
+            raise NotFoundError(f"no {name.lower()} with id {entity.id!r}", entity=name, id=entity.id)
+        raise ConflictError(
+            f"{name} {entity.id} was changed by someone else (now version {row[0]}, "
+            f"this change was made on version {entity.version}); reload it and try again",
+            entity=name,
+            id=entity.id,
+            expected=entity.version,
+            actual=row[0],
+        )
+
+    def _index(self, etype: EntityType, entity: Any, row: Mapping[str, Any], *, new: bool) -> None:
+        for field in etype.members:
+            side = f"[{etype.name}__{field}]"
+            if not new:
+                self.conn.execute(f"DELETE FROM {side} WHERE entity_id = ?", (entity.id,))
+            values = [etype.value(self.converter, field, v) for v in getattr(entity, field)]
+            self.conn.executemany(
+                f"INSERT INTO {side} (entity_id, value) VALUES (?, ?)",
+                [(entity.id, v) for v in values],
+            )
+        if etype.searchable:
+            fts = f"[{etype.name}_fts]"
+            rowid = self.conn.execute(
+                f"SELECT rowid FROM [{etype.name}] WHERE id = ?", (entity.id,)
+            ).fetchone()[0]
+            if not new:
+                self.conn.execute(f"DELETE FROM {fts} WHERE rowid = ?", (rowid,))
+            cols = ", ".join(f"[{c}]" for c in etype.searchable)
+            self.conn.execute(
+                f"INSERT INTO {fts} (rowid, {cols}) VALUES (?, {', '.join('?' * len(etype.searchable))})",
+                [rowid, *(row[c] or "" for c in etype.searchable)],
+            )
+
+
+class SQLiteStorage:
+    """SQLite storage. A file gets one connection per thread, in WAL mode; memory gets one
+    connection that transactions take turns on."""
+
+    def __init__(self, path: str = ":memory:", *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValidationError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.memory = path == ":memory:" or path == ""
+        self._local = threading.local()
+        self._shared: sqlite3.Connection | None = None
+        self._memory_lock = threading.RLock()
+        self._connections: list[sqlite3.Connection] = []
+        self._tables = _Tables(())
+        self._converter: cattrs.Converter | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.memory:
+            if self._shared is None:
+                self._shared = self._open()
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path or ":memory:", isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}", retriable=False) from exc
+        conn.row_factory = sqlite3.Row
+        if not self.memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        self._connections.append(conn)
+        return conn
+
+    def setup(self, entity_types: Sequence[EntityType], converter: cattrs.Converter) -> None:
+        self._tables = _Tables(entity_types)
+        self._converter = converter
+        conn = self._connect()
+        with self._memory_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._create(sqlite_utils.Database(conn), entity_types)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _create(db: sqlite_utils.Database, entity_types: Sequence[EntityType]) -> None:
+        for etype in entity_types:
+            table = db[etype.name]
+            columns = {name: _SQL_TYPES[col] for name, col in etype.columns.items()}
+            if table.exists():
+                # A plugin's entity may gain fields; old rows get the default's JSON or NULL.
+                for name, tp in columns.items():
+                    if name not in table.columns_dict:
+                        table.add_column(name, tp)
+            else:
+                table.create(columns, pk="id", not_null={"version"})
+            for fields in etype.indexes:
+                table.create_index(fields, if_not_exists=True)
+            for fields in etype.unique:
+                table.create_index(
+                    fields, index_name=f"{etype.name}_unique_{'_'.join(fields)}", unique=True,
+                    if_not_exists=True,
+                )
+            for field in etype.members:
+                side = db[f"{etype.name}__{field}"]
+                if not side.exists():
+                    side.create({"entity_id": str, "value": str}, pk=("entity_id", "value"))
+                    side.create_index(["value", "entity_id"], if_not_exists=True)
+            if etype.searchable and not db[f"{etype.name}_fts"].exists():
+                cols = ", ".join(f"[{c}]" for c in etype.searchable)
+                db.execute(f"CREATE VIRTUAL TABLE [{etype.name}_fts] USING fts5({cols})")
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[SQLiteTransaction]:
+        if self._converter is None:
+            raise StorageError("the storage was used before setup()", retriable=False)
+        conn = self._connect()
+        with self._memory_lock if self.memory else _NO_LOCK:
+            depth = getattr(self._local, "depth", 0)
+            if depth:
+                # Nested: a savepoint inside the transaction already open in this thread.
+                name = f"jivocore_{depth}"
+                conn.execute(f"SAVEPOINT {name}")
+                self._local.depth = depth + 1
+                try:
+                    yield SQLiteTransaction(conn, self._tables, self._converter)
+                except BaseException:
+                    conn.execute(f"ROLLBACK TO {name}")
+                    conn.execute(f"RELEASE {name}")
+                    raise
+                else:
+                    conn.execute(f"RELEASE {name}")
+                finally:
+                    self._local.depth = depth
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise _translate(exc, "cannot begin a transaction") from exc
+            self._local.depth = 1
+            try:
+                yield SQLiteTransaction(conn, self._tables, self._converter)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK")
+                    raise _translate(exc, "cannot commit") from exc
+            finally:
+                self._local.depth = 0
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        self._shared = None
+        self._local = threading.local()
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
