@@ -159,14 +159,15 @@ class HelpDesk:
         settings = {**kwargs.pop("settings", {}), "database": database}
         return cls(settings=settings, entry_points=True, **kwargs)
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """Release the storage's connections. (`close` is the lifecycle command.)"""
         self.storage.close()
 
     def __enter__(self) -> HelpDesk:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.shutdown()
 
     # --- composition -------------------------------------------------------------------------
 
@@ -431,7 +432,7 @@ class HelpDesk:
         """An invited operator leaves the conversation."""
         return self._conversation_command(conversation_id, "leave", operator_id)
 
-    def close(self, conversation_id: str, operator_id: str) -> Conversation:  # type: ignore[override]
+    def close(self, conversation_id: str, operator_id: str) -> Conversation:
         """End the chat: it moves to All with the outcome answered."""
         return self._conversation_command(conversation_id, "close", operator_id)
 
