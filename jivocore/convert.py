@@ -20,10 +20,7 @@ def format_time(value: datetime) -> str:
 
 
 def parse_time(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        parsed = datetime.fromisoformat(value)
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"{value!r} has no timezone")
     return parsed.astimezone(UTC)

@@ -6,8 +6,9 @@ outbox rows) in the same transaction -> commit -> notify plugins, each isolated.
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from .entities import (
 from .errors import (
     ClientBlocked,
     ConfigurationError,
+    ConflictError,
     InvalidTransition,
     PluginError,
     ValidationError,
@@ -45,7 +47,7 @@ from .errors import (
 from .ids import new_id
 from .lifecycle import OPEN, Act, rule_for, start, transition
 from .plugins import implementations, make_plugin_manager
-from .storage import EntityType, HasAny, In, Page, Range, Storage, Transaction, Where
+from .storage import EntityType, HasAny, In, Page, Range, Storage, Transaction, Unique, Where
 
 log = logging.getLogger("jivocore")
 T = TypeVar("T")
@@ -63,6 +65,8 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
         name="conversations",
         cls=Conversation,
         indexes=(("state", "created"), ("client_id", "channel", "state"), ("state", "closed")),
+        # The database itself keeps a client to one open conversation per channel.
+        unique=(Unique(("client_id", "channel"), where={"state": In(OPEN)}),),
         members=("participants", "involved"),
     ),
     EntityType(
@@ -83,7 +87,15 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "delivery_backoff": 5.0,  # seconds before the first retry; doubles with each attempt
 }
 
-_FOREVER = object()
+
+class _Default(enum.Enum):
+    """The sentinel for "the desk's setting applies" (as sqlite-utils' DEFAULT)."""
+
+    DEFAULT = "default"
+
+
+DEFAULT = _Default.DEFAULT
+_ATTEMPTS = 5
 
 
 class _Work:
@@ -95,8 +107,15 @@ class _Work:
         self.now = now
         self.events: list[Event] = []
 
-    def record(self, type: str, *, actor_id: str | None = None, conversation: Conversation | None = None,
-               client_id: str | None = None, **data: Any) -> None:
+    def record(
+        self,
+        type: str,
+        *,
+        actor_id: str | None = None,
+        conversation: Conversation | None = None,
+        client_id: str | None = None,
+        **data: Any,
+    ) -> None:
         event = Event(
             id=new_id(self.now),
             type=type,
@@ -225,7 +244,9 @@ class HelpDesk:
             storage = impl(settings=self.settings)
             if storage is None:
                 continue
-            if not all(callable(getattr(storage, m, None)) for m in ("setup", "transaction", "close")):
+            if not all(
+                callable(getattr(storage, m, None)) for m in ("setup", "transaction", "close")
+            ):
                 raise PluginError(
                     f"plugin {impl.plugin} answered jivocore_get_storage with {storage!r}, "
                     "which is not a storage backend (setup, transaction, close)",
@@ -240,13 +261,25 @@ class HelpDesk:
 
     # --- the command pipeline ----------------------------------------------------------------
 
-    @contextmanager
-    def _command(self) -> Iterator[_Work]:
-        """One command: a write transaction, then, once committed, the notifications."""
-        with self.storage.transaction() as tx:
-            work = _Work(self, tx, self.clock.now())
-            yield work
-        self._notify(work.events)
+    def _run(self, command: Callable[[_Work], T], *, retry: bool = True) -> T:
+        """Run one command: a write transaction, then, once committed, the notifications.
+
+        A command that lost a compare-and-set race (ConflictError) runs again on fresh data, so
+        its caller gets the answer the winner's change implies (e.g. "already accepted by Ann")
+        rather than a conflict. `retry=False` for writes of entities the caller loaded."""
+        attempts = _ATTEMPTS if retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.storage.transaction() as tx:
+                    work = _Work(self, tx, self.clock.now())
+                    result = command(work)
+            except ConflictError:
+                if attempt == attempts:
+                    raise
+                continue
+            self._notify(work.events)
+            return result
+        raise AssertionError("unreachable")
 
     def _notify(self, events: Sequence[Event]) -> None:
         if not events:
@@ -261,8 +294,9 @@ class HelpDesk:
                     listener.plugin,
                 )
 
-    def _veto(self, command: str, before: Conversation | None, after: Conversation,
-              actor: Operator | None) -> None:
+    def _veto(
+        self, command: str, before: Conversation | None, after: Conversation, actor: Operator | None
+    ) -> None:
         for veto in self._vetoes:
             reason = veto(desk=self, command=command, before=before, after=after, actor=actor)
             if reason is not None:
@@ -273,8 +307,14 @@ class HelpDesk:
                     reason=reason,
                 )
 
-    def _act(self, work: _Work, conversation: Conversation, command: str,
-             actor: Operator | None, colleague: Operator | None = None) -> Conversation:
+    def _act(
+        self,
+        work: _Work,
+        conversation: Conversation,
+        command: str,
+        actor: Operator | None,
+        colleague: Operator | None = None,
+    ) -> Conversation:
         """Apply one lifecycle command to a loaded conversation and save it (compare-and-set)."""
         load = 0
         if command == "accept" and actor is not None and actor.capacity is not None:
@@ -300,9 +340,10 @@ class HelpDesk:
         work.record(event, actor_id=actor.id if actor else None, conversation=saved, **data)
         return saved
 
-    def _conversation_command(self, conversation_id: str, command: str, operator_id: str,
-                              colleague_id: str | None = None) -> Conversation:
-        with self._command() as work:
+    def _conversation_command(
+        self, conversation_id: str, command: str, operator_id: str, colleague_id: str | None = None
+    ) -> Conversation:
+        def command(work: _Work) -> Any:
             conversation = work.tx.get(Conversation, conversation_id)
             actor = work.operator(operator_id)
             colleague = work.operator(colleague_id) if colleague_id is not None else None
@@ -311,9 +352,15 @@ class HelpDesk:
                 client = work.tx.get(Client, saved.client_id)
                 if client.responsible_id is None:
                     work.tx.update(attrs.evolve(client, responsible_id=actor.id))
-                    work.record("responsible_set", actor_id=actor.id, client_id=client.id,
-                                responsible_id=actor.id)
-        return saved
+                    work.record(
+                        "responsible_set",
+                        actor_id=actor.id,
+                        client_id=client.id,
+                        responsible_id=actor.id,
+                    )
+            return saved
+
+        return self._run(command)
 
     # --- commands: the conversation lifecycle ------------------------------------------------
 
@@ -339,10 +386,13 @@ class HelpDesk:
             raise ValidationError("a message needs the client's id on the channel")
         self._check_text(text)
         kind = Kind(kind)
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             tx = work.tx
             if message_id is not None:
-                stored = next(tx.select(Message, {"channel": channel, "external_id": message_id}), None)
+                stored = next(
+                    tx.select(Message, {"channel": channel, "external_id": message_id}), None
+                )
                 if stored is not None:
                     return stored
             identity = next(
@@ -351,10 +401,15 @@ class HelpDesk:
             )
             if identity is None:
                 client = tx.add(Client(id=new_id(work.now), name=name or "", created=work.now))
-                identity = tx.add(ClientIdentity(
-                    id=new_id(work.now), channel=channel, external_id=external_client_id,
-                    client_id=client.id, created=work.now,
-                ))
+                identity = tx.add(
+                    ClientIdentity(
+                        id=new_id(work.now),
+                        channel=channel,
+                        external_id=external_client_id,
+                        client_id=client.id,
+                        created=work.now,
+                    )
+                )
                 work.record("client_added", client_id=client.id, channel=channel)
             else:
                 client = tx.get(Client, identity.client_id)
@@ -366,15 +421,23 @@ class HelpDesk:
                         client_id=client.id,
                         until=until,
                     )
-            before = next(tx.select(
-                Conversation,
-                {"client_id": client.id, "channel": channel, "state": In(OPEN)},
-                limit=1,
-            ), None)
+            before = next(
+                tx.select(
+                    Conversation,
+                    {"client_id": client.id, "channel": channel, "state": In(OPEN)},
+                    limit=1,
+                ),
+                None,
+            )
             act = Act(command="receive", now=work.now, name_of=work.name_of)
             if before is None:
-                opened = start(id=new_id(work.now), channel=channel, kind=kind,
-                               client_id=client.id, now=work.now)
+                opened = start(
+                    id=new_id(work.now),
+                    channel=channel,
+                    kind=kind,
+                    client_id=client.id,
+                    now=work.now,
+                )
                 after = transition(opened, act)
                 self._veto("receive", None, after, None)
                 conversation = tx.add(after)
@@ -382,15 +445,31 @@ class HelpDesk:
                 after = transition(before, act)
                 self._veto("receive", before, after, None)
                 conversation = tx.update(after)
-            message = tx.add(Message(
-                id=new_id(work.now), conversation_id=conversation.id,
-                seq=conversation.message_count, channel=channel, author=Author.CLIENT,
-                author_id=client.id, text=text, at=work.now, episode=conversation.episode,
-                external_id=message_id,
-            ))
-            work.record("received", conversation=conversation, message_id=message.id,
-                        seq=message.seq, opened=before is None, state=conversation.state.value)
-        return message
+            message = tx.add(
+                Message(
+                    id=new_id(work.now),
+                    conversation_id=conversation.id,
+                    seq=conversation.message_count,
+                    channel=channel,
+                    author=Author.CLIENT,
+                    author_id=client.id,
+                    text=text,
+                    at=work.now,
+                    episode=conversation.episode,
+                    external_id=message_id,
+                )
+            )
+            work.record(
+                "received",
+                conversation=conversation,
+                message_id=message.id,
+                seq=message.seq,
+                opened=before is None,
+                state=conversation.state.value,
+            )
+            return message
+
+        return self._run(command)
 
     def ignore(self, conversation_id: str, operator_id: str) -> Conversation:
         """Hide an inbox conversation from the operator for the cooldown; it then reappears."""
@@ -403,22 +482,43 @@ class HelpDesk:
     def reply(self, conversation_id: str, operator_id: str, text: str) -> Message:
         """An operator's message to the client, queued for delivery through the channel."""
         self._check_text(text)
-        with self._command() as work:
-            conversation = self._act(work, work.tx.get(Conversation, conversation_id), "reply",
-                                     work.operator(operator_id))
-            message = work.tx.add(Message(
-                id=new_id(work.now), conversation_id=conversation.id,
-                seq=conversation.message_count, channel=conversation.channel,
-                author=Author.OPERATOR, author_id=operator_id, text=text, at=work.now,
-                episode=conversation.episode,
-            ))
-            work.tx.add(Delivery(
-                id=new_id(work.now), message_id=message.id, conversation_id=conversation.id,
-                channel=conversation.channel, due=work.now,
-            ))
-            work.events[-1] = attrs.evolve(work.events[-1], data={
-                **work.events[-1].data, "message_id": message.id, "seq": message.seq})
-        return message
+
+        def command(work: _Work) -> Any:
+            conversation = self._act(
+                work,
+                work.tx.get(Conversation, conversation_id),
+                "reply",
+                work.operator(operator_id),
+            )
+            message = work.tx.add(
+                Message(
+                    id=new_id(work.now),
+                    conversation_id=conversation.id,
+                    seq=conversation.message_count,
+                    channel=conversation.channel,
+                    author=Author.OPERATOR,
+                    author_id=operator_id,
+                    text=text,
+                    at=work.now,
+                    episode=conversation.episode,
+                )
+            )
+            work.tx.add(
+                Delivery(
+                    id=new_id(work.now),
+                    message_id=message.id,
+                    conversation_id=conversation.id,
+                    channel=conversation.channel,
+                    due=work.now,
+                )
+            )
+            work.events[-1] = attrs.evolve(
+                work.events[-1],
+                data={**work.events[-1].data, "message_id": message.id, "seq": message.seq},
+            )
+            return message
+
+        return self._run(command)
 
     def transfer(self, conversation_id: str, operator_id: str, to_operator_id: str) -> Conversation:
         """Hand the conversation to an online colleague, who becomes its owner."""
@@ -443,43 +543,61 @@ class HelpDesk:
 
     def client_left(self, conversation_id: str) -> Conversation:
         """The client left (or timed out) before anyone accepted: outcome missed."""
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             return self._act(work, work.tx.get(Conversation, conversation_id), "client_left", None)
 
-    def block(self, client_id: str, operator_id: str, *,
-              duration: timedelta | None | object = _FOREVER) -> Client:
+        return self._run(command)
+
+    def block(
+        self, client_id: str, operator_id: str, *, duration: timedelta | _Default | None = DEFAULT
+    ) -> Client:
         """Block a client: their open conversations close (outcome blocked) and new messages
         are refused until `duration` passes (``block_hours`` by default) or they are unblocked.
         ``duration=None`` blocks indefinitely."""
-        if duration is _FOREVER:
+        if duration is DEFAULT:
             duration = timedelta(hours=float(self.settings["block_hours"]))
-        if duration is not None and (not isinstance(duration, timedelta) or duration <= timedelta(0)):
+        if duration is not None and (
+            not isinstance(duration, timedelta) or duration <= timedelta(0)
+        ):
             raise ValidationError(f"a block lasts a positive timedelta or None, not {duration!r}")
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             actor = work.operator(operator_id)
             client = work.tx.get(Client, client_id)
             until = work.now + duration if isinstance(duration, timedelta) else None
-            client = work.tx.update(attrs.evolve(
-                client, block=Block(by=actor.id, at=work.now, until=until)))
-            for conversation in list(work.tx.select(
-                Conversation, {"client_id": client_id, "state": In(OPEN)}
-            )):
+            client = work.tx.update(
+                attrs.evolve(client, block=Block(by=actor.id, at=work.now, until=until))
+            )
+            for conversation in list(
+                work.tx.select(Conversation, {"client_id": client_id, "state": In(OPEN)})
+            ):
                 self._act(work, conversation, "block", actor)
-            work.record("client_blocked", actor_id=actor.id, client_id=client.id,
-                        until=until.isoformat() if until else None)
-        return client
+            work.record(
+                "client_blocked",
+                actor_id=actor.id,
+                client_id=client.id,
+                until=until.isoformat() if until else None,
+            )
+            return client
+
+        return self._run(command)
 
     def unblock(self, client_id: str, operator_id: str) -> Client:
         """Lift a client's block: their messages are accepted again."""
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             actor = work.operator(operator_id)
             client = work.tx.get(Client, client_id)
             if not client.blocked(work.now):
-                raise InvalidTransition(f"client {client.name or client.id} is not blocked",
-                                        client_id=client.id)
+                raise InvalidTransition(
+                    f"client {client.name or client.id} is not blocked", client_id=client.id
+                )
             client = work.tx.update(attrs.evolve(client, block=None))
             work.record("client_unblocked", actor_id=actor.id, client_id=client.id)
-        return client
+            return client
+
+        return self._run(command)
 
     def _check_text(self, text: str) -> None:
         if not isinstance(text, str) or not text.strip():
@@ -493,61 +611,103 @@ class HelpDesk:
 
     # --- operators and clients ---------------------------------------------------------------
 
-    def add_operator(self, name: str, *, email: str = "", role: Role | str = Role.OPERATOR,
-                     presence: Presence | str = Presence.OFFLINE, capacity: int | None = None,
-                     sees_all: bool = False) -> Operator:
+    def add_operator(
+        self,
+        name: str,
+        *,
+        email: str = "",
+        role: Role | str = Role.OPERATOR,
+        presence: Presence | str = Presence.OFFLINE,
+        capacity: int | None = None,
+        sees_all: bool = False,
+    ) -> Operator:
         if not name.strip():
             raise ValidationError("an operator needs a name")
         if capacity is not None and capacity < 0:
             raise ValidationError(f"capacity is a number of chats, not {capacity}")
-        with self._command() as work:
-            operator = work.tx.add(Operator(
-                id=new_id(work.now), name=name, email=email, role=Role(role),
-                presence=Presence(presence), capacity=capacity, sees_all=sees_all,
-                created=work.now,
-            ))
+
+        def command(work: _Work) -> Any:
+            operator = work.tx.add(
+                Operator(
+                    id=new_id(work.now),
+                    name=name,
+                    email=email,
+                    role=Role(role),
+                    presence=Presence(presence),
+                    capacity=capacity,
+                    sees_all=sees_all,
+                    created=work.now,
+                )
+            )
             work.record("operator_added", actor_id=operator.id)
-        return operator
+            return operator
+
+        return self._run(command)
 
     def update_operator(self, operator: Operator) -> Operator:
         """Save an edited operator (from `attrs.evolve`); ConflictError if it changed since."""
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             saved = work.tx.update(operator)
             work.record("operator_updated", actor_id=saved.id)
-        return saved
+            return saved
+
+        return self._run(command, retry=False)
 
     def set_presence(self, operator_id: str, presence: Presence | str) -> Operator:
         presence = Presence(presence)
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             operator = work.operator(operator_id)
             if operator.presence is presence:
                 return operator
             saved = work.tx.update(attrs.evolve(operator, presence=presence))
             work.record("presence_changed", actor_id=saved.id, presence=presence.value)
-        return saved
+            return saved
 
-    def add_client(self, name: str = "", *, emails: Sequence[str] = (), phones: Sequence[str] = (),
-                   status: str = "new", custom: Mapping[str, str] | None = None,
-                   responsible_id: str | None = None) -> Client:
-        with self._command() as work:
+        return self._run(command)
+
+    def add_client(
+        self,
+        name: str = "",
+        *,
+        emails: Sequence[str] = (),
+        phones: Sequence[str] = (),
+        status: str = "new",
+        custom: Mapping[str, str] | None = None,
+        responsible_id: str | None = None,
+    ) -> Client:
+        def command(work: _Work) -> Any:
             if responsible_id is not None:
                 work.operator(responsible_id)
-            client = work.tx.add(Client(
-                id=new_id(work.now), name=name, emails=tuple(emails), phones=tuple(phones),
-                status=status, custom=dict(custom or {}), responsible_id=responsible_id,
-                created=work.now,
-            ))
+            client = work.tx.add(
+                Client(
+                    id=new_id(work.now),
+                    name=name,
+                    emails=tuple(emails),
+                    phones=tuple(phones),
+                    status=status,
+                    custom=dict(custom or {}),
+                    responsible_id=responsible_id,
+                    created=work.now,
+                )
+            )
             work.record("client_added", client_id=client.id)
-        return client
+            return client
+
+        return self._run(command)
 
     def update_client(self, client: Client) -> Client:
         """Save an edited client (from `attrs.evolve`); ConflictError if it changed since."""
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             if client.responsible_id is not None:
                 work.operator(client.responsible_id)
             saved = work.tx.update(client)
             work.record("client_updated", client_id=saved.id)
-        return saved
+            return saved
+
+        return self._run(command, retry=False)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -575,8 +735,9 @@ class HelpDesk:
         with self.reading() as tx:
             return list(tx.select(Operator, order=("name",)))
 
-    def clients(self, where: Where | None = None, *, after: str | None = None,
-                limit: int = 50) -> Page[Client]:
+    def clients(
+        self, where: Where | None = None, *, after: str | None = None, limit: int = 50
+    ) -> Page[Client]:
         with self.reading() as tx:
             return tx.page(Client, where, order=("-created",), after=after, limit=limit)
 
@@ -598,14 +759,22 @@ class HelpDesk:
         """The operator's open conversations, most recent message first."""
         with self.reading() as tx:
             tx.get(Operator, operator_id)
-            return list(tx.select(
-                Conversation,
-                {"state": State.ACTIVE, "participants": HasAny({operator_id})},
-                order=("-last_message_at",),
-            ))
+            return list(
+                tx.select(
+                    Conversation,
+                    {"state": State.ACTIVE, "participants": HasAny({operator_id})},
+                    order=("-last_message_at",),
+                )
+            )
 
-    def archive(self, operator_id: str | None = None, where: Where | None = None, *,
-                after: str | None = None, limit: int = 50) -> Page[Conversation]:
+    def archive(
+        self,
+        operator_id: str | None = None,
+        where: Where | None = None,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> Page[Conversation]:
         """Closed conversations, newest closed first. With `operator_id`, only those the operator
         may see: the ones they took part in, or all for managers and operators who see all."""
         query: dict[str, Any] = {**(where or {}), "state": State.CLOSED}
@@ -616,20 +785,24 @@ class HelpDesk:
                     query["involved"] = HasAny({operator_id})
             return tx.page(Conversation, query, order=("-closed",), after=after, limit=limit)
 
-    def messages(self, conversation_id: str, *, after_seq: int = 0,
-                 limit: int | None = None) -> list[Message]:
+    def messages(
+        self, conversation_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Message]:
         """The conversation's messages in order, after sequence number `after_seq`."""
         with self.reading() as tx:
             tx.get(Conversation, conversation_id)
-            return list(tx.select(
-                Message,
-                {"conversation_id": conversation_id, "seq": Range(gt=after_seq)},
-                order=("seq",),
-                limit=limit,
-            ))
+            return list(
+                tx.select(
+                    Message,
+                    {"conversation_id": conversation_id, "seq": Range(gt=after_seq)},
+                    order=("seq",),
+                    limit=limit,
+                )
+            )
 
-    def events(self, where: Where | None = None, *, after: str | None = None,
-               limit: int = 100) -> Page[Event]:
+    def events(
+        self, where: Where | None = None, *, after: str | None = None, limit: int = 100
+    ) -> Page[Event]:
         """The event log, oldest first."""
         with self.reading() as tx:
             return tx.page(Event, where, order=("id",), after=after, limit=limit)
@@ -642,8 +815,14 @@ class HelpDesk:
         delivery is dead (its event says why). Call it from the host's worker loop."""
         sent = 0
         with self.reading() as tx:
-            due = list(tx.select(Delivery, {"status": "pending", "due": Range(le=self.clock.now())},
-                                 order=("due",), limit=limit))
+            due = list(
+                tx.select(
+                    Delivery,
+                    {"status": "pending", "due": Range(le=self.clock.now())},
+                    order=("due",),
+                    limit=limit,
+                )
+            )
         for delivery in due:
             sent += self._deliver_one(delivery)
         return sent
@@ -653,8 +832,10 @@ class HelpDesk:
             message = tx.get(Message, delivery.message_id)
             conversation = tx.get(Conversation, delivery.conversation_id)
             client = tx.get(Client, conversation.client_id)
-            identity = next(tx.select(ClientIdentity, {"client_id": client.id,
-                                                       "channel": delivery.channel}), None)
+            identity = next(
+                tx.select(ClientIdentity, {"client_id": client.id, "channel": delivery.channel}),
+                None,
+            )
         channel = self.channels.get(delivery.channel)
         attempt = delivery.attempts + 1
         error: str | None = None
@@ -663,26 +844,49 @@ class HelpDesk:
             error = f"channel {delivery.channel!r} is not installed"
         else:
             try:
-                external_id = channel.send(Outbound(message=message, conversation=conversation,
-                                                    client=client, identity=identity,
-                                                    attempt=attempt))
+                external_id = channel.send(
+                    Outbound(
+                        message=message,
+                        conversation=conversation,
+                        client=client,
+                        identity=identity,
+                        attempt=attempt,
+                    )
+                )
             except Exception as exc:  # a channel's failure is retried, never lost
                 error = f"{type(exc).__name__}: {exc}"
-        with self._command() as work:
+
+        def command(work: _Work) -> Any:
             if error is None:
                 work.tx.update(attrs.evolve(delivery, status="sent", attempts=attempt, error=None))
-                work.record("delivered", conversation=conversation, message_id=message.id,
-                            external_id=external_id)
+                work.record(
+                    "delivered",
+                    conversation=conversation,
+                    message_id=message.id,
+                    external_id=external_id,
+                )
                 return 1
             dead = attempt >= int(self.settings["delivery_attempts"])
             backoff = float(self.settings["delivery_backoff"]) * 2 ** (attempt - 1)
-            work.tx.update(attrs.evolve(
-                delivery, attempts=attempt, error=error, status="dead" if dead else "pending",
-                due=work.now + timedelta(seconds=backoff),
-            ))
-            work.record("delivery_dead" if dead else "delivery_failed", conversation=conversation,
-                        message_id=message.id, error=error, attempt=attempt)
-        return 0
+            work.tx.update(
+                attrs.evolve(
+                    delivery,
+                    attempts=attempt,
+                    error=error,
+                    status="dead" if dead else "pending",
+                    due=work.now + timedelta(seconds=backoff),
+                )
+            )
+            work.record(
+                "delivery_dead" if dead else "delivery_failed",
+                conversation=conversation,
+                message_id=message.id,
+                error=error,
+                attempt=attempt,
+            )
+            return 0
+
+        return self._run(command, retry=False)
 
 
 __all__ = ["CORE_ENTITY_TYPES", "DEFAULT_SETTINGS", "HelpDesk"]

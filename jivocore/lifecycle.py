@@ -153,7 +153,9 @@ def _message(c: Conversation, act: Act) -> Conversation:
 def _ignore(c: Conversation, act: Act) -> Conversation:
     actor = _actor(act)
     kept = tuple(i for i in c.ignores if i.operator_id != actor.id and act.now < i.until)
-    return attrs.evolve(c, ignores=(*kept, Ignore(operator_id=actor.id, until=act.now + act.cooldown)))
+    return attrs.evolve(
+        c, ignores=(*kept, Ignore(operator_id=actor.id, until=act.now + act.cooldown))
+    )
 
 
 def _accept(c: Conversation, act: Act) -> Conversation:
@@ -222,7 +224,9 @@ def _reopen(c: Conversation, act: Act) -> Conversation:
 
 def _join(c: Conversation, act: Act) -> Conversation:
     actor = _actor(act)
-    return attrs.evolve(c, participants=c.participants | {actor.id}, involved=c.involved | {actor.id})
+    return attrs.evolve(
+        c, participants=c.participants | {actor.id}, involved=c.involved | {actor.id}
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -243,67 +247,130 @@ OPEN = (State.INBOX, State.ACTIVE)
 
 RULES: tuple[Rule, ...] = (
     Rule(
-        command="receive", sources=(None,), target=State.INBOX, who="client, through a channel",
-        event="received", summary="a new conversation; a blocked client is refused",
+        command="receive",
+        sources=(None,),
+        target=State.INBOX,
+        who="client, through a channel",
+        event="received",
+        summary="a new conversation; a blocked client is refused",
     ),
     Rule(
-        command="receive", sources=OPEN, target=None, who="client, through a channel",
-        effect=_message, event="received", summary="the message is appended",
+        command="receive",
+        sources=OPEN,
+        target=None,
+        who="client, through a channel",
+        effect=_message,
+        event="received",
+        summary="the message is appended",
     ),
     Rule(
-        command="ignore", sources=(State.INBOX,), target=None, who="online operator",
-        guards=(online,), effect=_ignore, event="ignored",
+        command="ignore",
+        sources=(State.INBOX,),
+        target=None,
+        who="online operator",
+        guards=(online,),
+        effect=_ignore,
+        event="ignored",
         summary="hidden from that operator until now + cooldown; it reappears by itself",
     ),
     Rule(
-        command="accept", sources=(State.INBOX,), target=State.ACTIVE,
-        who="online operator under capacity", guards=(online, under_capacity), effect=_accept,
+        command="accept",
+        sources=(State.INBOX,),
+        target=State.ACTIVE,
+        who="online operator under capacity",
+        guards=(online, under_capacity),
+        effect=_accept,
         event="accepted",
-        summary="owner = participants = the operator; the client's responsible operator is set if empty",
+        summary="owner = participants = the operator; "
+        "the client's responsible operator is set if empty",
     ),
     Rule(
-        command="reply", sources=(State.ACTIVE,), target=None, who="participant",
-        guards=(participant,), effect=_message, event="replied",
+        command="reply",
+        sources=(State.ACTIVE,),
+        target=None,
+        who="participant",
+        guards=(participant,),
+        effect=_message,
+        event="replied",
         summary="an operator message, delivered through the conversation's channel",
     ),
     Rule(
-        command="transfer", sources=(State.ACTIVE,), target=None, who="owner or manager",
-        guards=(owner_or_manager, colleague_online), effect=_transfer, event="transferred",
+        command="transfer",
+        sources=(State.ACTIVE,),
+        target=None,
+        who="owner or manager",
+        guards=(owner_or_manager, colleague_online),
+        effect=_transfer,
+        event="transferred",
         summary="owner = the online colleague; the previous owner leaves",
     ),
     Rule(
-        command="invite", sources=(State.ACTIVE,), target=None, who="participant",
-        guards=(participant, colleague_online), effect=_invite, event="invited",
+        command="invite",
+        sources=(State.ACTIVE,),
+        target=None,
+        who="participant",
+        guards=(participant, colleague_online),
+        effect=_invite,
+        event="invited",
         summary="the online colleague joins the participants",
     ),
     Rule(
-        command="leave", sources=(State.ACTIVE,), target=None, who="participant, not the owner",
-        guards=(participant, not_owner), effect=_leave, event="left",
+        command="leave",
+        sources=(State.ACTIVE,),
+        target=None,
+        who="participant, not the owner",
+        guards=(participant, not_owner),
+        effect=_leave,
+        event="left",
         summary="the operator leaves the participants",
     ),
     Rule(
-        command="close", sources=(State.ACTIVE,), target=State.CLOSED, who="owner or manager",
-        guards=(owner_or_manager,), effect=_closing(Outcome.ANSWERED), event="closed",
+        command="close",
+        sources=(State.ACTIVE,),
+        target=State.CLOSED,
+        who="owner or manager",
+        guards=(owner_or_manager,),
+        effect=_closing(Outcome.ANSWERED),
+        event="closed",
         summary="outcome answered; its statistics are final",
     ),
     Rule(
-        command="client_left", sources=(State.INBOX,), target=State.CLOSED,
-        who="the client or the system", effect=_closing(Outcome.MISSED), event="missed",
+        command="client_left",
+        sources=(State.INBOX,),
+        target=State.CLOSED,
+        who="the client or the system",
+        effect=_closing(Outcome.MISSED),
+        event="missed",
         summary="nobody accepted it: outcome missed",
     ),
     Rule(
-        command="join", sources=(State.CLOSED,), target=State.ACTIVE,
-        who="operator who may see it", guards=(can_see,), effect=_reopen, event="joined",
+        command="join",
+        sources=(State.CLOSED,),
+        target=State.ACTIVE,
+        who="operator who may see it",
+        guards=(can_see,),
+        effect=_reopen,
+        event="joined",
         summary="owner = the operator; a new episode begins",
     ),
     Rule(
-        command="join", sources=(State.ACTIVE,), target=None, who="operator who may see it",
-        guards=(can_see, not_participant), effect=_join, event="joined",
+        command="join",
+        sources=(State.ACTIVE,),
+        target=None,
+        who="operator who may see it",
+        guards=(can_see, not_participant),
+        effect=_join,
+        event="joined",
         summary="the operator joins the participants",
     ),
     Rule(
-        command="block", sources=OPEN, target=State.CLOSED, who="operator",
-        guards=(), effect=_closing(Outcome.BLOCKED), event="blocked",
+        command="block",
+        sources=OPEN,
+        target=State.CLOSED,
+        who="operator",
+        guards=(),
+        effect=_closing(Outcome.BLOCKED),
+        event="blocked",
         summary="every open conversation of the client closes; new messages are refused until "
         "unblocked or the block expires",
     ),
@@ -359,7 +426,12 @@ def diagram() -> str:
             a = "[*]" if source is None else source.value
             b = (rule.target or source or State.INBOX).value
             lines.append(f"    {a} --> {b}: {rule.command}")
-    lines += ["```", "", "| command | from -> to | who may | guards | event | effect |", "|---|---|---|---|---|---|"]
+    lines += [
+        "```",
+        "",
+        "| command | from -> to | who may | guards | event | effect |",
+        "|---|---|---|---|---|---|",
+    ]
     for rule in RULES:
         for source in rule.sources:
             a = "—" if source is None else source.value

@@ -114,6 +114,19 @@ def _column_of(tp: Any) -> Column:
     return Column.JSON
 
 
+@attrs.frozen
+class Unique:
+    """Fields unique together; with `where`, only among the rows that match it (equality or
+    `In` on scalar fields), e.g. one *open* conversation per client and channel."""
+
+    fields: tuple[str, ...] = attrs.field(converter=tuple)
+    where: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _uniques(value: Iterable[Unique | Sequence[str]]) -> tuple[Unique, ...]:
+    return tuple(u if isinstance(u, Unique) else Unique(tuple(u)) for u in value)
+
+
 @attrs.frozen(kw_only=True)
 class EntityType:
     """How an entity class is stored. Plugins register theirs with `jivocore_register_entity_types`.
@@ -121,7 +134,8 @@ class EntityType:
     :param name: the table's name, e.g. ``"conversations"``.
     :param cls: the frozen attrs class, with ``id: str`` and ``version: int`` fields.
     :param indexes: field tuples to index for filtering and ordering.
-    :param unique: field tuples that must be unique together (keys for `upsert_many`).
+    :param unique: field tuples (or `Unique`) that must be unique together; the keys
+        `upsert_many` can match on.
     :param members: set-valued fields that filters test with `HasAny` / `HasAll`.
     :param searchable: text fields covered by full-text `search`.
     """
@@ -129,7 +143,7 @@ class EntityType:
     name: str
     cls: type[Any]
     indexes: tuple[tuple[str, ...], ...] = ()
-    unique: tuple[tuple[str, ...], ...] = ()
+    unique: tuple[Unique, ...] = attrs.field(default=(), converter=_uniques)
     members: tuple[str, ...] = ()
     searchable: tuple[str, ...] = ()
     columns: Mapping[str, Column] = attrs.field(init=False)
@@ -142,12 +156,18 @@ class EntityType:
     def __attrs_post_init__(self) -> None:
         if not attrs.has(self.cls):
             raise ValidationError(f"{self.cls!r} is not an attrs class", entity=self.name)
-        if self.columns.get("id") is not Column.TEXT or self.columns.get("version") is not Column.INTEGER:
+        if (
+            self.columns.get("id") is not Column.TEXT
+            or self.columns.get("version") is not Column.INTEGER
+        ):
             raise ValidationError(
                 f"{self.cls.__name__} needs fields `id: str` and `version: int` to be stored",
                 entity=self.name,
             )
-        named = [*(f for i in self.indexes for f in i), *(f for u in self.unique for f in u)]
+        named = [
+            *(f for i in self.indexes for f in i),
+            *(f for u in self.unique for f in (*u.fields, *u.where)),
+        ]
         for field in [*named, *self.members, *self.searchable]:
             if field not in self.columns:
                 raise ValidationError(
@@ -186,6 +206,17 @@ class EntityType:
                 field=field,
             )
         return converter.unstructure(value)
+
+    def key(self, fields: Sequence[str]) -> Unique:
+        """The unconditional unique constraint on exactly `fields`, for `upsert_many`."""
+        for unique in self.unique:
+            if unique.fields == tuple(fields) and not unique.where:
+                return unique
+        if tuple(fields) == ("id",):
+            return Unique(("id",))
+        raise ValidationError(
+            f"{self.name} has no unique key {tuple(fields)!r} to upsert by", entity=self.name
+        )
 
     def check_fields(self, fields: Iterable[str]) -> None:
         for field in fields:

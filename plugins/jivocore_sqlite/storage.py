@@ -48,9 +48,7 @@ def _translate(exc: sqlite3.Error, what: str) -> Exception:
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in text:
         fields = text.split(":", 1)[-1].strip()
         return ConflictError(f"{what}: another record already has the same {fields}", fields=fields)
-    retriable = isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in text or "busy" in text
-    )
+    retriable = isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
     return StorageError(f"{what}: SQLite said: {text}", retriable=retriable)
 
 
@@ -103,7 +101,9 @@ class SQLiteTransaction:
     def get(self, cls: type[T], id: str) -> T:
         found = self.find(cls, id)
         if found is None:
-            raise NotFoundError(f"no {cls.__name__.lower()} with id {id!r}", entity=cls.__name__, id=id)
+            raise NotFoundError(
+                f"no {cls.__name__.lower()} with id {id!r}", entity=cls.__name__, id=id
+            )
         return found
 
     def _where(self, etype: EntityType, where: Where | None) -> tuple[list[str], list[Any]]:
@@ -308,9 +308,7 @@ class SQLiteTransaction:
 
     def upsert_many(self, cls: type[T], entities: Iterable[T], *, key: Sequence[str]) -> int:
         etype = self.tables.of(cls)
-        etype.check_fields(key)
-        if tuple(key) not in etype.unique and tuple(key) != ("id",):
-            raise ValidationError(f"{etype.name} has no unique key {tuple(key)!r} to upsert by")
+        etype.key(key)
         written = 0
         for entity in entities:
             where = {k: getattr(entity, k) for k in key}
@@ -328,7 +326,9 @@ class SQLiteTransaction:
         ).fetchone()
         name = etype.cls.__name__
         if row is None:
-            raise NotFoundError(f"no {name.lower()} with id {entity.id!r}", entity=name, id=entity.id)
+            raise NotFoundError(
+                f"no {name.lower()} with id {entity.id!r}", entity=name, id=entity.id
+            )
         raise ConflictError(
             f"{name} {entity.id} was changed by someone else (now version {row[0]}, "
             f"this change was made on version {entity.version}); reload it and try again",
@@ -356,8 +356,9 @@ class SQLiteTransaction:
             if not new:
                 self.conn.execute(f"DELETE FROM {fts} WHERE rowid = ?", (rowid,))
             cols = ", ".join(f"[{c}]" for c in etype.searchable)
+            marks = ", ".join("?" * len(etype.searchable))
             self.conn.execute(
-                f"INSERT INTO {fts} (rowid, {cols}) VALUES (?, {', '.join('?' * len(etype.searchable))})",
+                f"INSERT INTO {fts} (rowid, {cols}) VALUES (?, {marks})",
                 [rowid, *(row[c] or "" for c in etype.searchable)],
             )
 
@@ -370,7 +371,9 @@ class SQLiteStorage:
         self.path = path
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValidationError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+            raise ValidationError(
+                f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
+            )
         self.memory = path == ":memory:" or path == ""
         self._local = threading.local()
         self._shared: sqlite3.Connection | None = None
@@ -395,7 +398,9 @@ class SQLiteStorage:
                 self.path or ":memory:", isolation_level=None, check_same_thread=False, timeout=30
             )
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}", retriable=False) from exc
+            raise StorageError(
+                f"cannot open SQLite database {self.path!r}: {exc}", retriable=False
+            ) from exc
         conn.row_factory = sqlite3.Row
         if not self.memory:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -411,14 +416,16 @@ class SQLiteStorage:
         with self._memory_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                self._create(sqlite_utils.Database(conn), entity_types)
+                self._create(sqlite_utils.Database(conn), entity_types, converter)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
 
     @staticmethod
-    def _create(db: sqlite_utils.Database, entity_types: Sequence[EntityType]) -> None:
+    def _create(
+        db: sqlite_utils.Database, entity_types: Sequence[EntityType], converter: cattrs.Converter
+    ) -> None:
         for etype in entity_types:
             table = db[etype.name]
             columns = {name: _SQL_TYPES[col] for name, col in etype.columns.items()}
@@ -431,10 +438,12 @@ class SQLiteStorage:
                 table.create(columns, pk="id", not_null={"version"})
             for fields in etype.indexes:
                 table.create_index(fields, if_not_exists=True)
-            for fields in etype.unique:
-                table.create_index(
-                    fields, index_name=f"{etype.name}_unique_{'_'.join(fields)}", unique=True,
-                    if_not_exists=True,
+            for unique in etype.unique:
+                name = f"{etype.name}_unique_{'_'.join(unique.fields)}"
+                cols = ", ".join(f"[{f}]" for f in unique.fields)
+                where = _literal_where(etype, converter, unique.where)
+                db.execute(
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS [{name}] ON [{etype.name}] ({cols}){where}"
                 )
             for field in etype.members:
                 side = db[f"{etype.name}__{field}"]
@@ -493,6 +502,24 @@ class SQLiteStorage:
         self._connections.clear()
         self._shared = None
         self._local = threading.local()
+
+
+def _literal_where(etype: EntityType, converter: cattrs.Converter, where: Mapping[str, Any]) -> str:
+    """A partial index's WHERE clause: SQLite takes no parameters there, so values are quoted."""
+
+    def quote(value: Any) -> str:
+        if isinstance(value, bool | int | float):
+            return str(int(value) if isinstance(value, bool) else value)
+        return "'" + str(value).replace("'", "''") + "'"
+
+    clauses = []
+    for field, cond in where.items():
+        if isinstance(cond, In):
+            values = [quote(etype.value(converter, field, v)) for v in cond.values]
+            clauses.append(f"[{field}] IN ({', '.join(values)})")
+        else:
+            clauses.append(f"[{field}] = {quote(etype.value(converter, field, cond))}")
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 
 class _NoLock:
