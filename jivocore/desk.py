@@ -343,7 +343,7 @@ class HelpDesk:
     def _conversation_command(
         self, conversation_id: str, command: str, operator_id: str, colleague_id: str | None = None
     ) -> Conversation:
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Conversation:
             conversation = work.tx.get(Conversation, conversation_id)
             actor = work.operator(operator_id)
             colleague = work.operator(colleague_id) if colleague_id is not None else None
@@ -360,7 +360,7 @@ class HelpDesk:
                     )
             return saved
 
-        return self._run(command)
+        return self._run(change)
 
     # --- commands: the conversation lifecycle ------------------------------------------------
 
@@ -387,7 +387,7 @@ class HelpDesk:
         self._check_text(text)
         kind = Kind(kind)
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Message:
             tx = work.tx
             if message_id is not None:
                 stored = next(
@@ -469,7 +469,7 @@ class HelpDesk:
             )
             return message
 
-        return self._run(command)
+        return self._run(change)
 
     def ignore(self, conversation_id: str, operator_id: str) -> Conversation:
         """Hide an inbox conversation from the operator for the cooldown; it then reappears."""
@@ -483,7 +483,7 @@ class HelpDesk:
         """An operator's message to the client, queued for delivery through the channel."""
         self._check_text(text)
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Message:
             conversation = self._act(
                 work,
                 work.tx.get(Conversation, conversation_id),
@@ -518,7 +518,7 @@ class HelpDesk:
             )
             return message
 
-        return self._run(command)
+        return self._run(change)
 
     def transfer(self, conversation_id: str, operator_id: str, to_operator_id: str) -> Conversation:
         """Hand the conversation to an online colleague, who becomes its owner."""
@@ -544,10 +544,10 @@ class HelpDesk:
     def client_left(self, conversation_id: str) -> Conversation:
         """The client left (or timed out) before anyone accepted: outcome missed."""
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Conversation:
             return self._act(work, work.tx.get(Conversation, conversation_id), "client_left", None)
 
-        return self._run(command)
+        return self._run(change)
 
     def block(
         self, client_id: str, operator_id: str, *, duration: timedelta | _Default | None = DEFAULT
@@ -562,7 +562,7 @@ class HelpDesk:
         ):
             raise ValidationError(f"a block lasts a positive timedelta or None, not {duration!r}")
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Client:
             actor = work.operator(operator_id)
             client = work.tx.get(Client, client_id)
             until = work.now + duration if isinstance(duration, timedelta) else None
@@ -581,12 +581,12 @@ class HelpDesk:
             )
             return client
 
-        return self._run(command)
+        return self._run(change)
 
     def unblock(self, client_id: str, operator_id: str) -> Client:
         """Lift a client's block: their messages are accepted again."""
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Client:
             actor = work.operator(operator_id)
             client = work.tx.get(Client, client_id)
             if not client.blocked(work.now):
@@ -597,7 +597,7 @@ class HelpDesk:
             work.record("client_unblocked", actor_id=actor.id, client_id=client.id)
             return client
 
-        return self._run(command)
+        return self._run(change)
 
     def _check_text(self, text: str) -> None:
         if not isinstance(text, str) or not text.strip():
@@ -626,7 +626,7 @@ class HelpDesk:
         if capacity is not None and capacity < 0:
             raise ValidationError(f"capacity is a number of chats, not {capacity}")
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Operator:
             operator = work.tx.add(
                 Operator(
                     id=new_id(work.now),
@@ -642,22 +642,22 @@ class HelpDesk:
             work.record("operator_added", actor_id=operator.id)
             return operator
 
-        return self._run(command)
+        return self._run(change)
 
     def update_operator(self, operator: Operator) -> Operator:
         """Save an edited operator (from `attrs.evolve`); ConflictError if it changed since."""
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Operator:
             saved = work.tx.update(operator)
             work.record("operator_updated", actor_id=saved.id)
             return saved
 
-        return self._run(command, retry=False)
+        return self._run(change, retry=False)
 
     def set_presence(self, operator_id: str, presence: Presence | str) -> Operator:
         presence = Presence(presence)
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Operator:
             operator = work.operator(operator_id)
             if operator.presence is presence:
                 return operator
@@ -665,7 +665,7 @@ class HelpDesk:
             work.record("presence_changed", actor_id=saved.id, presence=presence.value)
             return saved
 
-        return self._run(command)
+        return self._run(change)
 
     def add_client(
         self,
@@ -677,7 +677,7 @@ class HelpDesk:
         custom: Mapping[str, str] | None = None,
         responsible_id: str | None = None,
     ) -> Client:
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Client:
             if responsible_id is not None:
                 work.operator(responsible_id)
             client = work.tx.add(
@@ -695,19 +695,19 @@ class HelpDesk:
             work.record("client_added", client_id=client.id)
             return client
 
-        return self._run(command)
+        return self._run(change)
 
     def update_client(self, client: Client) -> Client:
         """Save an edited client (from `attrs.evolve`); ConflictError if it changed since."""
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> Client:
             if client.responsible_id is not None:
                 work.operator(client.responsible_id)
             saved = work.tx.update(client)
             work.record("client_updated", client_id=saved.id)
             return saved
 
-        return self._run(command, retry=False)
+        return self._run(change, retry=False)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -856,7 +856,7 @@ class HelpDesk:
             except Exception as exc:  # a channel's failure is retried, never lost
                 error = f"{type(exc).__name__}: {exc}"
 
-        def command(work: _Work) -> Any:
+        def change(work: _Work) -> int:
             if error is None:
                 work.tx.update(attrs.evolve(delivery, status="sent", attempts=attempt, error=None))
                 work.record(
@@ -886,7 +886,7 @@ class HelpDesk:
             )
             return 0
 
-        return self._run(command, retry=False)
+        return self._run(change, retry=False)
 
 
 __all__ = ["CORE_ENTITY_TYPES", "DEFAULT_SETTINGS", "HelpDesk"]

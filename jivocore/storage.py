@@ -31,11 +31,19 @@ T = TypeVar("T")
 # --- the filter language ------------------------------------------------------------------------
 
 
+def _tuple(values: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(values)
+
+
+def _frozenset(values: Iterable[Any]) -> frozenset[Any]:
+    return frozenset(values)
+
+
 @attrs.frozen
 class In:
     """The field's value is one of `values`."""
 
-    values: tuple[Any, ...] = attrs.field(converter=tuple)
+    values: tuple[Any, ...] = attrs.field(converter=_tuple)
 
 
 @attrs.frozen
@@ -59,14 +67,14 @@ class Range:
 class HasAny:
     """A set-valued field (named in `members`) holds at least one of `values`."""
 
-    values: frozenset[Any] = attrs.field(converter=frozenset)
+    values: frozenset[Any] = attrs.field(converter=_frozenset)
 
 
 @attrs.frozen
 class HasAll:
     """A set-valued field (named in `members`) holds every one of `values`."""
 
-    values: frozenset[Any] = attrs.field(converter=frozenset)
+    values: frozenset[Any] = attrs.field(converter=_frozenset)
 
 
 Where = Mapping[str, Any]  # field -> value (equality; None is IS NULL) or an operator above
@@ -119,7 +127,7 @@ class Unique:
     """Fields unique together; with `where`, only among the rows that match it (equality or
     `In` on scalar fields), e.g. one *open* conversation per client and channel."""
 
-    fields: tuple[str, ...] = attrs.field(converter=tuple)
+    fields: tuple[str, ...] = attrs.field(converter=_tuple)
     where: Mapping[str, Any] = attrs.field(factory=dict)
 
 
