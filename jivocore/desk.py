@@ -46,7 +46,7 @@ from .errors import (
 )
 from .ids import new_id
 from .lifecycle import OPEN, Act, rule_for, start, transition
-from .plugins import implementations, make_plugin_manager
+from .plugins import collect, implementations, make_plugin_manager
 from .storage import EntityType, HasAny, In, Page, Range, Storage, Transaction, Unique, Where
 
 log = logging.getLogger("jivocore")
@@ -191,53 +191,34 @@ class HelpDesk:
     # --- composition -------------------------------------------------------------------------
 
     def _collect_entity_types(self) -> dict[str, EntityType]:
-        found: dict[str, EntityType] = {t.name: t for t in CORE_ENTITY_TYPES}
-        owner = {t.name: "jivocore" for t in CORE_ENTITY_TYPES}
-        for impl in implementations(self.pm, "jivocore_register_entity_types"):
-
-            def register(etype: EntityType, plugin: str = impl.plugin) -> None:
-                if not isinstance(etype, EntityType):
-                    raise PluginError(
-                        f"plugin {plugin} registered {etype!r}, not a jivocore.EntityType",
-                        plugin=plugin,
-                    )
-                if etype.name in found or any(t.cls is etype.cls for t in found.values()):
-                    taken = owner.get(etype.name) or "another plugin"
-                    raise PluginError(
-                        f"plugin {plugin} registered entity type {etype.name!r} "
-                        f"({etype.cls.__name__}), which {taken} already registered",
-                        plugin=plugin,
-                    )
-                found[etype.name] = etype
-                owner[etype.name] = plugin
-
-            impl(register=register)
+        registered = collect(
+            self.pm,
+            "jivocore_register_entity_types",
+            what="an entity type (jivocore.EntityType)",
+            valid=lambda t: isinstance(t, EntityType),
+            key=lambda t: t.name,
+            taken=[t.name for t in CORE_ENTITY_TYPES],
+        )
+        found = {t.name: t for t in CORE_ENTITY_TYPES}
+        for name, etype in registered.items():
+            twin = next((t for t in found.values() if t.cls is etype.cls), None)
+            if twin is not None:
+                raise PluginError(
+                    f"entity type {name!r} stores {etype.cls.__name__}, which {twin.name!r} "
+                    "already stores",
+                    plugin=name,
+                )
+            found[name] = etype
         return found
 
     def _collect_channels(self) -> dict[str, Channel]:
-        found: dict[str, Channel] = {}
-        owner: dict[str, str] = {}
-        for impl in implementations(self.pm, "jivocore_register_channels"):
-
-            def register(channel: Channel, plugin: str = impl.plugin) -> None:
-                name = getattr(channel, "name", None)
-                if not isinstance(channel, Channel) or not isinstance(name, str) or not name:
-                    raise PluginError(
-                        f"plugin {plugin} registered {channel!r}, which is not a channel: it "
-                        "needs a `name` and a `send(outbound)` method",
-                        plugin=plugin,
-                    )
-                if name in found:
-                    raise PluginError(
-                        f"plugin {plugin} registered channel {name!r}, which plugin "
-                        f"{owner[name]} already registered",
-                        plugin=plugin,
-                    )
-                found[name] = channel
-                owner[name] = plugin
-
-            impl(register=register)
-        return found
+        return collect(
+            self.pm,
+            "jivocore_register_channels",
+            what="a channel (a `name` and a `send(outbound)` method)",
+            valid=lambda c: isinstance(c, Channel) and isinstance(c.name, str) and bool(c.name),
+            key=lambda c: str(c.name),
+        )
 
     def _get_storage(self) -> Storage:
         for impl in implementations(self.pm, "jivocore_get_storage"):

@@ -83,4 +83,41 @@ class Implementation:
 def implementations(pm: pluggy.PluginManager, hook: str) -> tuple[Implementation, ...]:
     """Each implementation of `hook`, in pluggy's calling order (last registered first)."""
     impls = getattr(pm.hook, hook).get_hookimpls()
-    return tuple(Implementation(i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(impls))
+    return tuple(
+        Implementation(i.plugin_name, i.function, tuple(i.argnames)) for i in reversed(impls)
+    )
+
+
+def collect(
+    pm: pluggy.PluginManager,
+    hook: str,
+    *,
+    what: str,
+    valid: Callable[[Any], bool],
+    key: Callable[[Any], str],
+    taken: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Run a ``jivocore_register_<things>(register)`` hook and gather what each plugin registers,
+    by `key`. Something that is not `valid`, or a key registered twice (or in `taken`, the
+    core's own), fails with a PluginError naming the plugin."""
+    found: dict[str, Any] = {}
+    owners = dict.fromkeys(taken, "jivocore")
+    for impl in implementations(pm, hook):
+
+        def register(item: Any, plugin: str = impl.plugin) -> None:
+            if not valid(item):
+                raise PluginError(
+                    f"plugin {plugin} registered {item!r}, which is not {what}", plugin=plugin
+                )
+            name = key(item)
+            if name in owners:
+                raise PluginError(
+                    f"plugin {plugin} registered {what} {name!r}, which {owners[name]} "
+                    "already registered",
+                    plugin=plugin,
+                )
+            found[name] = item
+            owners[name] = plugin
+
+        impl(register=register)
+    return found
