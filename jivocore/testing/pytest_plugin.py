@@ -31,5 +31,7 @@ def channel() -> RecordingChannel:
 def desk(tmp_path: Path, clock: FakeClock, channel: RecordingChannel) -> Iterator[HelpDesk]:
     """A desk on a new SQLite file, with the installed plugins, the fake clock and the
     recording "web" channel."""
-    with HelpDesk.open(str(tmp_path / "desk.db"), clock=clock, plugins=[channel_plugin(channel)]) as d:
+    with HelpDesk.open(
+        str(tmp_path / "desk.db"), clock=clock, plugins=[channel_plugin(channel)]
+    ) as d:
         yield d
