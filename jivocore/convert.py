@@ -11,12 +11,10 @@ from cattrs.preconf.json import make_converter as _make_json_converter
 
 from .errors import ValidationError
 
-# Fixed width, always UTC: the text sorts as the instant does, on every backend.
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
-
-
 def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(_TIME_FORMAT)
+    """Fixed width, always UTC (``0999-01-01T00:00:00.000000+00:00``): the text sorts as the
+    instant does, on every backend."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def parse_time(value: str | datetime) -> datetime:

@@ -85,6 +85,7 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "max_message_chars": 20_000,
     "delivery_attempts": 8,  # then a delivery is dead
     "delivery_backoff": 5.0,  # seconds before the first retry; doubles with each attempt
+    "delivery_lease": 60.0,  # seconds a worker has to send a delivery it claimed
 }
 
 
@@ -809,6 +810,19 @@ class HelpDesk:
         return sent
 
     def _deliver_one(self, delivery: Delivery) -> int:
+        # Claim it first (compare-and-set): of two workers only one sends. Until the lease runs
+        # out nobody else tries; a worker that dies mid-send leaves it to be retried then.
+        attempt = delivery.attempts + 1
+        lease = timedelta(seconds=float(self.settings["delivery_lease"]))
+        try:
+            delivery = self._run(
+                lambda work: work.tx.update(
+                    attrs.evolve(delivery, attempts=attempt, due=work.now + lease)
+                ),
+                retry=False,
+            )
+        except ConflictError:
+            return 0  # another worker claimed it
         with self.reading() as tx:
             message = tx.get(Message, delivery.message_id)
             conversation = tx.get(Conversation, delivery.conversation_id)
@@ -818,7 +832,6 @@ class HelpDesk:
                 None,
             )
         channel = self.channels.get(delivery.channel)
-        attempt = delivery.attempts + 1
         error: str | None = None
         external_id: str | None = None
         if channel is None:
@@ -839,7 +852,7 @@ class HelpDesk:
 
         def change(work: _Work) -> int:
             if error is None:
-                work.tx.update(attrs.evolve(delivery, status="sent", attempts=attempt, error=None))
+                work.tx.update(attrs.evolve(delivery, status="sent", error=None))
                 work.record(
                     "delivered",
                     conversation=conversation,
@@ -852,7 +865,6 @@ class HelpDesk:
             work.tx.update(
                 attrs.evolve(
                     delivery,
-                    attempts=attempt,
                     error=error,
                     status="dead" if dead else "pending",
                     due=work.now + timedelta(seconds=backoff),

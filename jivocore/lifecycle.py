@@ -441,7 +441,7 @@ def diagram() -> str:
                 f"| {rule.command} | {a} -> {b} | {rule.who} | {guards} | {rule.event} | "
                 f"{rule.summary} |"
             )
-    guards = dict.fromkeys(g for rule in RULES for g in rule.guards)
+    legend = dict.fromkeys(g for rule in RULES for g in rule.guards)
     lines += ["", "Guards:", ""]
-    lines += [f"- `{g.__name__}`: {(g.__doc__ or '').strip()}" for g in guards]
+    lines += [f"- `{g.__name__}`: {(g.__doc__ or '').strip()}" for g in legend]
     return "\n".join(lines) + "\n"
