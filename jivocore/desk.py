@@ -99,6 +99,20 @@ DEFAULT = _Default.DEFAULT
 _ATTEMPTS = 5
 
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(cls: type[E], value: object, what: str) -> E:
+    """`value` as a member of the enum `cls`, or a ValidationError listing the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in cls)
+        raise ValidationError(
+            f"{value!r} is not a {what}; choose one of: {choices}", field=what, value=value
+        ) from None
+
+
 class _Work:
     """What one command has in hand: its transaction, its moment, the events it appends."""
 
@@ -296,8 +310,11 @@ class HelpDesk:
         command: str,
         actor: Operator | None,
         colleague: Operator | None = None,
+        *,
+        message_id: str | None = None,
     ) -> Conversation:
-        """Apply one lifecycle command to a loaded conversation and save it (compare-and-set)."""
+        """Apply one lifecycle command to a loaded conversation, save it (compare-and-set) and
+        record its event; `message_id` names the message a reply is about to add."""
         load = 0
         if command == "accept" and actor is not None and actor.capacity is not None:
             load = work.tx.count(Conversation, {"state": State.ACTIVE, "owner_id": actor.id})
@@ -319,6 +336,8 @@ class HelpDesk:
             data["colleague_id"] = colleague.id
         if command == "transfer":
             data["from_id"] = conversation.owner_id
+        if message_id is not None:
+            data.update(message_id=message_id, seq=saved.message_count)
         work.record(event, actor_id=actor.id if actor else None, conversation=saved, **data)
         return saved
 
@@ -367,7 +386,7 @@ class HelpDesk:
         if not external_client_id:
             raise ValidationError("a message needs the client's id on the channel")
         self._check_text(text)
-        kind = Kind(kind)
+        kind = _choice(Kind, kind, "kind")
 
         def change(work: _Work) -> Message:
             tx = work.tx
@@ -466,15 +485,17 @@ class HelpDesk:
         self._check_text(text)
 
         def change(work: _Work) -> Message:
+            message_id = new_id(work.now)
             conversation = self._act(
                 work,
                 work.tx.get(Conversation, conversation_id),
                 "reply",
                 work.operator(operator_id),
+                message_id=message_id,
             )
             message = work.tx.add(
                 Message(
-                    id=new_id(work.now),
+                    id=message_id,
                     conversation_id=conversation.id,
                     seq=conversation.message_count,
                     channel=conversation.channel,
@@ -493,10 +514,6 @@ class HelpDesk:
                     channel=conversation.channel,
                     due=work.now,
                 )
-            )
-            work.events[-1] = attrs.evolve(
-                work.events[-1],
-                data={**work.events[-1].data, "message_id": message.id, "seq": message.seq},
             )
             return message
 
@@ -614,8 +631,8 @@ class HelpDesk:
                     id=new_id(work.now),
                     name=name,
                     email=email,
-                    role=Role(role),
-                    presence=Presence(presence),
+                    role=_choice(Role, role, "role"),
+                    presence=_choice(Presence, presence, "presence"),
                     capacity=capacity,
                     sees_all=sees_all,
                     created=work.now,
@@ -637,7 +654,7 @@ class HelpDesk:
         return self._run(change, retry=False)
 
     def set_presence(self, operator_id: str, presence: Presence | str) -> Operator:
-        presence = Presence(presence)
+        presence = _choice(Presence, presence, "presence")
 
         def change(work: _Work) -> Operator:
             operator = work.operator(operator_id)

@@ -110,11 +110,15 @@ def can_see(conversation: Conversation, act: Act) -> None:
         )
 
 
-def colleague_online(conversation: Conversation, act: Act) -> None:
-    """The colleague is online and not already taking part."""
-    colleague = act.colleague
-    if colleague is None:
+def _colleague(act: Act) -> Operator:
+    if act.colleague is None:
         raise PermissionDenied(f"{act.command} needs a colleague", command=act.command)
+    return act.colleague
+
+
+def colleague_online(conversation: Conversation, act: Act) -> None:
+    """The colleague is online."""
+    colleague = _colleague(act)
     if colleague.presence != "online":
         raise PermissionDenied(
             f"{act.name_of(colleague.id)} is {colleague.presence.value}: only an online "
@@ -122,6 +126,23 @@ def colleague_online(conversation: Conversation, act: Act) -> None:
             operator_id=colleague.id,
             command=act.command,
         )
+
+
+def colleague_not_owner(conversation: Conversation, act: Act) -> None:
+    """The colleague does not own the conversation already (an invited one may take it over)."""
+    colleague = _colleague(act)
+    if colleague.id == conversation.owner_id:
+        raise InvalidTransition(
+            f"{act.name_of(colleague.id)} already owns conversation {conversation.id}",
+            conversation_id=conversation.id,
+            state=conversation.state,
+            command=act.command,
+        )
+
+
+def colleague_not_participant(conversation: Conversation, act: Act) -> None:
+    """The colleague does not take part already."""
+    colleague = _colleague(act)
     if colleague.id in conversation.participants:
         raise InvalidTransition(
             f"{act.name_of(colleague.id)} already takes part in conversation {conversation.id}",
@@ -172,8 +193,7 @@ def _accept(c: Conversation, act: Act) -> Conversation:
 
 
 def _transfer(c: Conversation, act: Act) -> Conversation:
-    assert act.colleague is not None
-    to = act.colleague.id
+    to = _colleague(act).id
     return attrs.evolve(
         c,
         owner_id=to,
@@ -183,8 +203,7 @@ def _transfer(c: Conversation, act: Act) -> Conversation:
 
 
 def _invite(c: Conversation, act: Act) -> Conversation:
-    assert act.colleague is not None
-    to = act.colleague.id
+    to = _colleague(act).id
     return attrs.evolve(c, participants=c.participants | {to}, involved=c.involved | {to})
 
 
@@ -299,17 +318,18 @@ RULES: tuple[Rule, ...] = (
         sources=(State.ACTIVE,),
         target=None,
         who="owner or manager",
-        guards=(owner_or_manager, colleague_online),
+        guards=(owner_or_manager, colleague_online, colleague_not_owner),
         effect=_transfer,
         event="transferred",
-        summary="owner = the online colleague; the previous owner leaves",
+        summary="owner = the online colleague, who may be taking part already; the previous "
+        "owner leaves",
     ),
     Rule(
         command="invite",
         sources=(State.ACTIVE,),
         target=None,
         who="participant",
-        guards=(participant, colleague_online),
+        guards=(participant, colleague_online, colleague_not_participant),
         effect=_invite,
         event="invited",
         summary="the online colleague joins the participants",
