@@ -30,6 +30,7 @@ from jivocore import (
     EntityType,
     HelpDesk,
     In,
+    InvalidTransition,
     PluginError,
     Range,
     State,
@@ -224,12 +225,12 @@ class Deal:
     created: datetime
 
 
-def deals_plugin(name: str = "jivocore_deals", **kwargs: Any) -> types.ModuleType:
+def deals_plugin() -> types.ModuleType:
     @hookimpl
     def jivocore_register_entity_types(register):
-        register(EntityType(name="deals", cls=Deal, indexes=(("stage",), ("client_id",)), **kwargs))
+        register(EntityType(name="deals", cls=Deal, indexes=(("stage",), ("client_id",))))
 
-    return plugin(name, jivocore_register_entity_types)
+    return plugin("jivocore_deals", jivocore_register_entity_types)
 
 
 def test_hook_register_entity_types(tmp_path):
@@ -264,9 +265,12 @@ def test_hook_register_entity_types(tmp_path):
             )
     with closing(sqlite3.connect(tmp_path / "desk.db")) as conn:
         columns = {row[1] for row in conn.execute("pragma table_info(deals)")}
-        indexes = {row[1] for row in conn.execute("pragma index_list(deals)")}
+        indexed = {
+            tuple(info[2] for info in conn.execute(f"pragma index_info('{index[1]}')"))
+            for index in conn.execute("pragma index_list(deals)").fetchall()
+        }
     assert {"id", "version", "client_id", "title", "stage", "amount", "created"} <= columns
-    assert indexes, "the declared indexes were not created"
+    assert {("stage",), ("client_id",)} <= indexed
 
 
 @attrs.frozen(kw_only=True)
@@ -644,7 +648,7 @@ def test_hook_events_committed(tmp_path):
         seen.clear()
         desk.close(message.conversation_id, ann.id)
         assert seen == [(message.conversation_id, ["closed"], State.CLOSED)]
-        with pytest.raises(Exception, match="closed"):
+        with pytest.raises(InvalidTransition):
             desk.close(message.conversation_id, ann.id)  # refused: nothing committed
         assert len(seen) == 1
         stored = [e for e in desk.events().items if e.conversation_id == message.conversation_id]
@@ -688,6 +692,17 @@ def test_an_argument_the_hook_does_not_have_fails_at_start_up_naming_the_plugin(
         make_desk(tmp_path, plugin("jivocore_greedy", jivocore_register_channels))
     assert caught.value.plugin == "jivocore_greedy"
     assert "desk" in str(caught.value)
+
+
+def test_an_unmarked_function_is_not_an_implementation(tmp_path):
+    """As docs/hooks.md says: without `@hookimpl`, a function is never called, whatever its
+    name."""
+
+    def jivocore_register_channels(register):
+        register(RecordingChannel("sms"))
+
+    with make_desk(tmp_path, plugin("jivocore_unmarked", jivocore_register_channels)) as desk:
+        assert sorted(desk.channels) == ["web"]
 
 
 def test_a_misspelt_command_hook_fails_when_the_command_line_is_built():
