@@ -1,6 +1,6 @@
 """Benchmark: a conversation's life on a SQLite file, and notification dispatch.
 
-    python bench/lifecycle.py [--conversations N] [--rounds R] [--dispatch-calls K]
+    python bench/lifecycle.py [--conversations N] [--rounds R] [--block B] [--dispatch-calls K]
 
 1. Lifecycle. N conversations each live receive -> accept -> reply -> close (4 commands) on a
    fresh SQLite file with the default settings (WAL, synchronous=NORMAL) and one operator
@@ -12,7 +12,7 @@
    registered and with none, beside a direct Python call of the same 10 functions.
    Target: under 20 microseconds per command for 10 plugins.
 
-Machines are shared and noisy: engine and raw rounds are interleaved (alternating which goes
+Machines are shared and noisy: engine and raw run interleaved in blocks (alternating which goes
 first) and every figure is the median over the rounds.
 """
 
