@@ -243,13 +243,17 @@ def matches(entity: Any, where: Where) -> bool:
         elif isinstance(cond, Not):
             ok = value is not None if cond.value is None else value != _plain(cond.value)
         elif isinstance(cond, Range):
-            ok = value is not None and all(
-                bound is None or test(value, _plain(bound))
-                for bound, test in (
-                    (cond.gt, _gt),
-                    (cond.ge, _ge),
-                    (cond.lt, _lt),
-                    (cond.le, _le),
+            bounds = (cond.gt, cond.ge, cond.lt, cond.le)
+            ok = all(b is None for b in bounds) or (
+                value is not None
+                and all(
+                    bound is None or test(value, _plain(bound))
+                    for bound, test in (
+                        (cond.gt, _gt),
+                        (cond.ge, _ge),
+                        (cond.lt, _lt),
+                        (cond.le, _le),
+                    )
                 )
             )
         else:
