@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in commands:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 there is
         print("dev.py: jivocore needs Python 3.11 or newer", file=sys.stderr)
         return 2
     ensure_installed()

@@ -110,7 +110,7 @@ def make_cli(plugins: Iterable[object] = (), *, entry_points: bool = True) -> cl
         "jivocore_register_commands",
         what="a click command",
         valid=lambda c: isinstance(c, click.Command) and bool(c.name),
-        key=lambda c: str(c.name),
+        keys=lambda c: (str(c.name),),
         taken=cli.commands,
     )
     for command in commands.values():

@@ -11,6 +11,7 @@ from cattrs.preconf.json import make_converter as _make_json_converter
 
 from .errors import ValidationError
 
+
 def format_time(value: datetime) -> str:
     """Fixed width, always UTC (``0999-01-01T00:00:00.000000+00:00``): the text sorts as the
     instant does, on every backend."""

@@ -170,7 +170,6 @@ class HelpDesk:
         block: Iterable[str] = (),
     ) -> None:
         self.clock: Clock = clock or SystemClock()
-        unknown = set(settings or {}) - set(DEFAULT_SETTINGS)
         self.settings: Mapping[str, Any] = {**DEFAULT_SETTINGS, **(settings or {})}
         self.pm: pluggy.PluginManager = make_plugin_manager(
             plugins, entry_points=entry_points, block=block
@@ -184,8 +183,6 @@ class HelpDesk:
         self._listeners = implementations(self.pm, "jivocore_events_committed")
         self.storage: Storage = self._get_storage()
         self.storage.setup(tuple(self.entity_types.values()), self.converter)
-        if unknown:
-            log.warning("ignoring unknown settings: %s", ", ".join(sorted(unknown)))
 
     @classmethod
     def open(cls, database: str = ":memory:", **kwargs: Any) -> HelpDesk:
@@ -206,33 +203,32 @@ class HelpDesk:
     # --- composition -------------------------------------------------------------------------
 
     def _collect_entity_types(self) -> dict[str, EntityType]:
+        def keys(etype: EntityType) -> tuple[str, str]:
+            # A name is a table, and a class is stored in one table only.
+            return etype.name, f"class {etype.cls.__module__}.{etype.cls.__qualname__}"
+
         registered = collect(
             self.pm,
             "jivocore_register_entity_types",
             what="an entity type (jivocore.EntityType)",
             valid=lambda t: isinstance(t, EntityType),
-            key=lambda t: t.name,
-            taken=[t.name for t in CORE_ENTITY_TYPES],
+            keys=keys,
+            taken=[k for t in CORE_ENTITY_TYPES for k in keys(t)],
         )
-        found = {t.name: t for t in CORE_ENTITY_TYPES}
-        for name, etype in registered.items():
-            twin = next((t for t in found.values() if t.cls is etype.cls), None)
-            if twin is not None:
-                raise PluginError(
-                    f"entity type {name!r} stores {etype.cls.__name__}, which {twin.name!r} "
-                    "already stores",
-                    plugin=name,
-                )
-            found[name] = etype
-        return found
+        return {**{t.name: t for t in CORE_ENTITY_TYPES}, **registered}
 
     def _collect_channels(self) -> dict[str, Channel]:
         return collect(
             self.pm,
             "jivocore_register_channels",
-            what="a channel (a `name` and a `send(outbound)` method)",
-            valid=lambda c: isinstance(c, Channel) and isinstance(c.name, str) and bool(c.name),
-            key=lambda c: str(c.name),
+            what="a channel (an object with a `name` and a `send(outbound)` method)",
+            valid=lambda c: (
+                isinstance(c, Channel)
+                and not isinstance(c, type)
+                and isinstance(c.name, str)
+                and bool(c.name)
+            ),
+            keys=lambda c: (str(c.name),),
         )
 
     def _get_storage(self) -> Storage:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -94,12 +94,12 @@ def collect(
     *,
     what: str,
     valid: Callable[[Any], bool],
-    key: Callable[[Any], str],
+    keys: Callable[[Any], Sequence[str]],
     taken: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Run a ``jivocore_register_<things>(register)`` hook and gather what each plugin registers,
-    by `key`. Something that is not `valid`, or a key registered twice (or in `taken`, the
-    core's own), fails with a PluginError naming the plugin."""
+    by the first of its `keys`. Something that is not `valid`, or any key registered twice (or
+    in `taken`, the core's own), fails with a PluginError naming the plugin."""
     found: dict[str, Any] = {}
     owners = dict.fromkeys(taken, "jivocore")
     for impl in implementations(pm, hook):
@@ -109,15 +109,16 @@ def collect(
                 raise PluginError(
                     f"plugin {plugin} registered {item!r}, which is not {what}", plugin=plugin
                 )
-            name = key(item)
-            if name in owners:
-                raise PluginError(
-                    f"plugin {plugin} registered {what} {name!r}, which {owners[name]} "
-                    "already registered",
-                    plugin=plugin,
-                )
-            found[name] = item
-            owners[name] = plugin
+            names = keys(item)
+            for name in names:
+                if name in owners:
+                    raise PluginError(
+                        f"plugin {plugin} registered {what} {name!r}, which {owners[name]} "
+                        "already registered",
+                        plugin=plugin,
+                    )
+            found[names[0]] = item
+            owners.update(dict.fromkeys(names, plugin))
 
         impl(register=register)
     return found

@@ -91,7 +91,8 @@ class Page(typing.Generic[T]):
 
 # --- entity types ---------------------------------------------------------------------------------
 
-_SCALARS = (str, int, bool, float, datetime)
+# One encoder, made once: JSON columns are written on every command.
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Column(enum.Enum):
@@ -192,7 +193,7 @@ class EntityType:
         data: dict[str, Any] = converter.unstructure(entity)
         for name, column in self.columns.items():
             if column is Column.JSON:
-                data[name] = json.dumps(data[name], ensure_ascii=False, separators=(",", ":"))
+                data[name] = _to_json(data[name])
         return data
 
     def decode(self, converter: cattrs.Converter, row: Mapping[str, Any]) -> Any:

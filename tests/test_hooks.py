@@ -364,7 +364,7 @@ def test_hook_register_channels_duplicate_name_is_a_plugin_error(tmp_path):
     with pytest.raises(PluginError, match="'web'") as caught:
         make_desk(tmp_path, plugin("jivocore_webchat2", jivocore_register_channels))
     # Whichever of the two registered second is named; the message names both.
-    first = "jivocore.testing.channel_plugin.<locals>.Channels"
+    first = "channels:web"  # channel_plugin names itself after its channels
     assert caught.value.plugin in {"jivocore_webchat2", first}
     assert "jivocore_webchat2" in str(caught.value) and first in str(caught.value)
 

@@ -41,6 +41,6 @@ def test_the_plugin_example_runs_and_its_hooks_work(tmp_path):
     late = desk.receive("web", "v2", "hello?").conversation_id
     clock.advance(10 * 3600)  # 19:00
     desk.accept(late, ann.id)
-    with pytest.raises(Vetoed, match="OfficeHours.*office hours"):
+    with pytest.raises(Vetoed, match=r"OfficeHours.*office hours"):
         desk.transfer(late, ann.id, bob.id)
     assert desk.conversation(late).owner_id == ann.id

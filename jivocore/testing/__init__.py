@@ -37,9 +37,11 @@ class RecordingChannel:
 
 
 def channel_plugin(*channels: Any) -> object:
-    """A plugin that registers `channels`."""
+    """A plugin that registers `channels`, named after them (so several can be registered)."""
 
     class Channels:
+        __name__ = "channels:" + ",".join(str(getattr(c, "name", c)) for c in channels)
+
         @hookimpl
         def jivocore_register_channels(self, register: Any) -> None:
             for channel in channels:

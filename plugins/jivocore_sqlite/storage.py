@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -58,7 +59,7 @@ class _Tables:
     def __init__(self, entity_types: Sequence[EntityType]) -> None:
         self.by_class: dict[type[Any], EntityType] = {}
         self.insert: dict[type[Any], str] = {}
-        self.update: dict[type[Any], str] = {}
+        self._updates: dict[tuple[str, tuple[str, ...]], str] = {}
         for etype in entity_types:
             self.by_class[etype.cls] = etype
             cols = list(etype.columns)
@@ -66,11 +67,17 @@ class _Tables:
                 f"INSERT INTO [{etype.name}] ({', '.join(f'[{c}]' for c in cols)}) "
                 f"VALUES ({', '.join(f':{c}' for c in cols)})"
             )
-            sets = ", ".join(f"[{c}] = :{c}" for c in cols if c not in ("id", "version"))
-            self.update[etype.cls] = (
-                f"UPDATE [{etype.name}] SET {sets}, version = version + 1 "
+
+    def update(self, etype: EntityType, changed: tuple[str, ...]) -> str:
+        """The compare-and-set UPDATE that writes the `changed` columns."""
+        sql = self._updates.get((etype.name, changed))
+        if sql is None:
+            sets = "".join(f"[{c}] = :{c}, " for c in changed)
+            sql = self._updates[(etype.name, changed)] = (
+                f"UPDATE [{etype.name}] SET {sets}version = version + 1 "
                 "WHERE id = :id AND version = :version"
             )
+        return sql
 
     def of(self, cls: type[Any]) -> EntityType:
         try:
@@ -86,17 +93,32 @@ class _Tables:
 class SQLiteTransaction:
     """A transaction on one SQLite connection."""
 
+    # Rows read or written in this transaction, so an update writes only the columns (and side
+    # table values) that changed; bounded, so a long scan does not hold the table in memory.
+    _SEEN = 256
+
     def __init__(self, conn: sqlite3.Connection, tables: _Tables, converter: cattrs.Converter):
         self.conn = conn
         self.tables = tables
         self.converter = converter
+        self._seen: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    def _saw(self, etype: EntityType, row: Mapping[str, Any]) -> None:
+        if len(self._seen) >= self._SEEN:
+            del self._seen[next(iter(self._seen))]
+        self._seen[(etype.name, row["id"])] = row
+
+    def _decode(self, etype: EntityType, row: sqlite3.Row) -> Any:
+        values = dict(row)
+        self._saw(etype, values)
+        return etype.decode(self.converter, values)
 
     # reads --------------------------------------------------------------------------------
 
     def find(self, cls: type[T], id: str) -> T | None:
         etype = self.tables.of(cls)
         row = self.conn.execute(f"SELECT * FROM [{etype.name}] WHERE id = ?", (id,)).fetchone()
-        return None if row is None else etype.decode(self.converter, row)  # type: ignore[no-any-return]
+        return None if row is None else self._decode(etype, row)
 
     def get(self, cls: type[T], id: str) -> T:
         found = self.find(cls, id)
@@ -202,7 +224,7 @@ class SQLiteTransaction:
         cursor = self.conn.execute(sql, params)
         while rows := cursor.fetchmany(200):
             for row in rows:
-                yield etype.decode(self.converter, row)
+                yield self._decode(etype, row)
 
     def page(
         self,
@@ -216,7 +238,7 @@ class SQLiteTransaction:
         if limit < 1:
             raise ValidationError(f"a page holds at least one item, not {limit}")
         etype, parsed, sql, params = self._query(cls, where, order, after, limit + 1)
-        items = [etype.decode(self.converter, row) for row in self.conn.execute(sql, params)]
+        items = [self._decode(etype, row) for row in self.conn.execute(sql, params)]
         more = len(items) > limit
         items = items[:limit]
         cursor = make_cursor(self.converter, etype, items[-1], parsed) if more else None
@@ -251,7 +273,7 @@ class SQLiteTransaction:
             sql += " AND " + " AND ".join(clauses)
         sql += f" ORDER BY rank LIMIT {int(limit)}"
         rows = self.conn.execute(sql, [match, *params]).fetchall()
-        return [etype.decode(self.converter, row) for row in rows]
+        return [self._decode(etype, row) for row in rows]
 
     # writes -------------------------------------------------------------------------------
 
@@ -269,21 +291,32 @@ class SQLiteTransaction:
             self.conn.execute(self.tables.insert[cls], row)
         except sqlite3.Error as exc:
             raise _translate(exc, f"cannot add {cls.__name__} {row['id']}") from exc
-        self._index(etype, stored, row, new=True)
+        self._index(etype, row, None)
+        self._saw(etype, row)
         return stored
 
     def update(self, entity: T) -> T:
         cls = type(entity)
         etype = self.tables.of(cls)
         row = etype.encode(self.converter, entity)
+        old = self._seen.get((etype.name, row["id"]))
+        if old is None or old["version"] != row["version"]:
+            old = None
+            changed = tuple(c for c in etype.columns if c not in ("id", "version"))
+        else:
+            changed = tuple(c for c in etype.columns if c != "version" and row[c] != old[c])
+        params = {c: row[c] for c in changed}
+        params.update(id=row["id"], version=row["version"])
         try:
-            changed = self.conn.execute(self.tables.update[cls], row).rowcount
+            updated = self.conn.execute(self.tables.update(etype, changed), params).rowcount
         except sqlite3.Error as exc:
             raise _translate(exc, f"cannot update {cls.__name__} {row['id']}") from exc
-        if not changed:
+        if not updated:
             self._missed(etype, entity)
         stored = attrs.evolve(entity, version=entity.version + 1)  # type: ignore[attr-defined, misc]
-        self._index(etype, stored, row, new=False)
+        row["version"] += 1
+        self._index(etype, row, old)
+        self._saw(etype, row)
         return stored
 
     def delete(self, entity: T) -> None:
@@ -338,23 +371,39 @@ class SQLiteTransaction:
             actual=row[0],
         )
 
-    def _index(self, etype: EntityType, entity: Any, row: Mapping[str, Any], *, new: bool) -> None:
+    def _index(
+        self, etype: EntityType, row: Mapping[str, Any], old: Mapping[str, Any] | None
+    ) -> None:
+        """Keep the side tables and the full-text index in step with `row`, which replaced
+        `old` (None: a new row, or one whose previous values this transaction did not see)."""
+        entity_id = row["id"]
         for field in etype.members:
+            if old is not None and old[field] == row[field]:
+                continue
             side = f"[{etype.name}__{field}]"
-            if not new:
-                self.conn.execute(f"DELETE FROM {side} WHERE entity_id = ?", (entity.id,))
-            values = [etype.value(self.converter, field, v) for v in getattr(entity, field)]
-            self.conn.executemany(
-                f"INSERT INTO {side} (entity_id, value) VALUES (?, ?)",
-                [(entity.id, v) for v in values],
-            )
-        if etype.searchable:
+            values = set(json.loads(row[field]))
+            if old is None:
+                self.conn.execute(f"DELETE FROM {side} WHERE entity_id = ?", (entity_id,))
+                gone, new = set(), values
+            else:
+                before = set(json.loads(old[field]))
+                gone, new = before - values, values - before
+            if gone:
+                self.conn.executemany(
+                    f"DELETE FROM {side} WHERE entity_id = ? AND value = ?",
+                    [(entity_id, v) for v in gone],
+                )
+            if new:
+                self.conn.executemany(
+                    f"INSERT INTO {side} (entity_id, value) VALUES (?, ?)",
+                    [(entity_id, v) for v in new],
+                )
+        if etype.searchable and (old is None or any(old[c] != row[c] for c in etype.searchable)):
             fts = f"[{etype.name}_fts]"
             rowid = self.conn.execute(
-                f"SELECT rowid FROM [{etype.name}] WHERE id = ?", (entity.id,)
+                f"SELECT rowid FROM [{etype.name}] WHERE id = ?", (entity_id,)
             ).fetchone()[0]
-            if not new:
-                self.conn.execute(f"DELETE FROM {fts} WHERE rowid = ?", (rowid,))
+            self.conn.execute(f"DELETE FROM {fts} WHERE rowid = ?", (rowid,))
             cols = ", ".join(f"[{c}]" for c in etype.searchable)
             marks = ", ".join("?" * len(etype.searchable))
             self.conn.execute(
@@ -427,7 +476,7 @@ class SQLiteStorage:
         db: sqlite_utils.Database, entity_types: Sequence[EntityType], converter: cattrs.Converter
     ) -> None:
         for etype in entity_types:
-            table = db[etype.name]
+            table = db.table(etype.name)
             columns = {name: _SQL_TYPES[col] for name, col in etype.columns.items()}
             if table.exists():
                 # A plugin's entity may gain fields; old rows get the default's JSON or NULL.
@@ -446,7 +495,7 @@ class SQLiteStorage:
                     f"CREATE UNIQUE INDEX IF NOT EXISTS [{name}] ON [{etype.name}] ({cols}){where}"
                 )
             for field in etype.members:
-                side = db[f"{etype.name}__{field}"]
+                side = db.table(f"{etype.name}__{field}")
                 if not side.exists():
                     side.create({"entity_id": str, "value": str}, pk=("entity_id", "value"))
                     side.create_index(["value", "entity_id"], if_not_exists=True)
