@@ -205,16 +205,31 @@ class EntityType:
 
     def value(self, converter: cattrs.Converter, field: str, value: Any) -> Any:
         """A filter value as its column holds it (an enum as its value, a time as its text)."""
-        if value is None:
-            return None
-        column = self.columns[field]
-        if column is Column.JSON and field not in self.members:
+        self.check_filterable(field)
+        return None if value is None else converter.unstructure(value)
+
+    def check_filterable(self, field: str) -> None:
+        """ValidationError unless filters can test `field`: a scalar, or a set in `members`."""
+        if self.columns[field] is Column.JSON and field not in self.members:
             raise ValidationError(
                 f"{self.name}.{field} holds structured data and cannot be filtered on",
                 entity=self.name,
                 field=field,
             )
-        return converter.unstructure(value)
+
+    def default(self, converter: cattrs.Converter, field: str) -> tuple[bool, Any]:
+        """(True, the column value of `field`'s default), or (False, None) if it has none: what
+        a backend gives existing rows when a plugin's entity gains the field."""
+        attribute = attrs.fields_dict(self.cls)[field]
+        if attribute.default is attrs.NOTHING:
+            return False, None
+        default: Any = attribute.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            if default.takes_self:
+                return False, None
+            default = default.factory()
+        value = converter.unstructure(default)
+        return True, _to_json(value) if self.columns[field] is Column.JSON else value
 
     def key(self, fields: Sequence[str]) -> Unique:
         """The unconditional unique constraint on exactly `fields`, for `upsert_many`."""

@@ -15,6 +15,7 @@ import sqlite_utils
 
 from jivocore import (
     Column,
+    ConfigurationError,
     ConflictError,
     EntityType,
     HasAll,
@@ -44,8 +45,10 @@ _SQL_TYPES = {
 }
 
 
-def _translate(exc: sqlite3.Error, what: str) -> Exception:
+def _translate(exc: sqlite3.Error | OverflowError, what: str) -> Exception:
     text = str(exc)
+    if isinstance(exc, OverflowError):
+        return ValidationError(f"{what}: a number is too large for the database ({text})")
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in text:
         fields = text.split(":", 1)[-1].strip()
         return ConflictError(f"{what}: another record already has the same {fields}", fields=fields)
@@ -135,6 +138,7 @@ class SQLiteTransaction:
             return clauses, params
         etype.check_fields(where)
         for field, cond in where.items():
+            etype.check_filterable(field)
             col = f"[{etype.name}].[{field}]"
             if field in etype.members:
                 side = f"[{etype.name}__{field}]"
@@ -161,8 +165,12 @@ class SQLiteTransaction:
                 )
             if isinstance(cond, In):
                 values = [etype.value(self.converter, field, v) for v in cond.values]
-                clauses.append(f"{col} IN ({', '.join('?' * len(values))})" if values else "0")
-                params += values
+                present = [v for v in values if v is not None]
+                either = [f"{col} IN ({', '.join('?' * len(present))})"] if present else []
+                if len(present) < len(values):
+                    either.append(f"{col} IS NULL")
+                clauses.append("(" + " OR ".join(either) + ")" if either else "0")
+                params += present
             elif isinstance(cond, Not):
                 if cond.value is None:
                     clauses.append(f"{col} IS NOT NULL")
@@ -196,17 +204,25 @@ class SQLiteTransaction:
         clauses, params = self._where(etype, where)
         if after is not None:
             values = read_cursor(after, parsed)
-            # (a, b, id) > (x, y, z) in the listing's own directions, spelt out for mixed ones.
+            # (a, b, id) after (x, y, z) in the listing's own directions, spelt out for mixed
+            # ones; NULL sorts first ascending and last descending, as SQLite orders it.
             ors = []
             for i, (name, desc) in enumerate(parsed):
-                eqs = [f"[{n}] = ?" for n, _ in parsed[:i]]
-                ors.append("(" + " AND ".join([*eqs, f"[{name}] {'<' if desc else '>'} ?"]) + ")")
-                params += [*values[:i], values[i]]
+                col = f"[{etype.name}].[{name}]"
+                if values[i] is None:
+                    beyond = "0" if desc else f"{col} IS NOT NULL"
+                else:
+                    beyond = f"({col} < ? OR {col} IS NULL)" if desc else f"{col} > ?"
+                eqs = [f"[{etype.name}].[{n}] IS ?" for n, _ in parsed[:i]]
+                ors.append("(" + " AND ".join([*eqs, beyond]) + ")")
+                params += [*values[:i], *([] if values[i] is None else [values[i]])]
             clauses.append("(" + " OR ".join(ors) + ")")
         sql = f"SELECT [{etype.name}].* FROM [{etype.name}]"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY " + ", ".join(f"[{n}]{' DESC' if d else ''}" for n, d in parsed)
+        sql += " ORDER BY " + ", ".join(
+            f"[{etype.name}].[{n}]{' DESC' if d else ''}" for n, d in parsed
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return etype, parsed, sql, params
@@ -271,7 +287,7 @@ class SQLiteTransaction:
         )
         if clauses:
             sql += " AND " + " AND ".join(clauses)
-        sql += f" ORDER BY rank LIMIT {int(limit)}"
+        sql += f" ORDER BY [{etype.name}_fts].rank LIMIT {int(limit)}"
         rows = self.conn.execute(sql, [match, *params]).fetchall()
         return [self._decode(etype, row) for row in rows]
 
@@ -289,7 +305,7 @@ class SQLiteTransaction:
         row = etype.encode(self.converter, stored)
         try:
             self.conn.execute(self.tables.insert[cls], row)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
             raise _translate(exc, f"cannot add {cls.__name__} {row['id']}") from exc
         self._index(etype, row, None)
         self._saw(etype, row)
@@ -309,7 +325,7 @@ class SQLiteTransaction:
         params.update(id=row["id"], version=row["version"])
         try:
             updated = self.conn.execute(self.tables.update(etype, changed), params).rowcount
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:
             raise _translate(exc, f"cannot update {cls.__name__} {row['id']}") from exc
         if not updated:
             self._missed(etype, entity)
@@ -321,23 +337,26 @@ class SQLiteTransaction:
 
     def delete(self, entity: T) -> None:
         etype = self.tables.of(type(entity))
-        for field in etype.members:
-            self.conn.execute(
-                f"DELETE FROM [{etype.name}__{field}] WHERE entity_id = ?",
-                (entity.id,),  # type: ignore[attr-defined]
-            )
-        if etype.searchable:
-            self.conn.execute(
-                f"DELETE FROM [{etype.name}_fts] WHERE rowid = "
-                f"(SELECT rowid FROM [{etype.name}] WHERE id = ?)",
-                (entity.id,),  # type: ignore[attr-defined]
-            )
-        gone = self.conn.execute(
-            f"DELETE FROM [{etype.name}] WHERE id = ? AND version = ?",
-            (entity.id, entity.version),  # type: ignore[attr-defined]
-        ).rowcount
+        entity_id, version = entity.id, entity.version  # type: ignore[attr-defined]
+        try:
+            for field in etype.members:
+                self.conn.execute(
+                    f"DELETE FROM [{etype.name}__{field}] WHERE entity_id = ?", (entity_id,)
+                )
+            if etype.searchable:
+                self.conn.execute(
+                    f"DELETE FROM [{etype.name}_fts] WHERE rowid = "
+                    f"(SELECT rowid FROM [{etype.name}] WHERE id = ?)",
+                    (entity_id,),
+                )
+            gone = self.conn.execute(
+                f"DELETE FROM [{etype.name}] WHERE id = ? AND version = ?", (entity_id, version)
+            ).rowcount
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot delete {etype.cls.__name__} {entity_id}") from exc
         if not gone:
             self._missed(etype, entity)
+        self._seen.pop((etype.name, entity_id), None)
 
     def upsert_many(self, cls: type[T], entities: Iterable[T], *, key: Sequence[str]) -> int:
         etype = self.tables.of(cls)
@@ -479,10 +498,18 @@ class SQLiteStorage:
             table = db.table(etype.name)
             columns = {name: _SQL_TYPES[col] for name, col in etype.columns.items()}
             if table.exists():
-                # A plugin's entity may gain fields; old rows get the default's JSON or NULL.
+                # A plugin's entity may gain fields: old rows get the field's default.
                 for name, tp in columns.items():
-                    if name not in table.columns_dict:
-                        table.add_column(name, tp)
+                    if name in table.columns_dict:
+                        continue
+                    has_default, value = etype.default(converter, name)
+                    if not has_default and table.count:
+                        raise ConfigurationError(
+                            f"{etype.cls.__name__} gained the field {name!r}, which has no "
+                            f"default to give the {table.count} stored {etype.name}"
+                        )
+                    table.add_column(name, tp)
+                    db.execute(f"UPDATE [{etype.name}] SET [{name}] = ?", [value])
             else:
                 table.create(columns, pk="id", not_null={"version"})
             for fields in etype.indexes:
@@ -527,6 +554,8 @@ class SQLiteStorage:
                     self._local.depth = depth
                 return
             try:
+                if not write:
+                    conn.execute("PRAGMA query_only = ON")
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
                 raise _translate(exc, "cannot begin a transaction") from exc
@@ -544,6 +573,8 @@ class SQLiteStorage:
                     raise _translate(exc, "cannot commit") from exc
             finally:
                 self._local.depth = 0
+                if not write:
+                    conn.execute("PRAGMA query_only = OFF")
 
     def close(self) -> None:
         for conn in self._connections:
