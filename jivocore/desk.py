@@ -396,6 +396,7 @@ class HelpDesk:
                 tx.select(ClientIdentity, {"channel": channel, "external_id": external_client_id}),
                 None,
             )
+            new_client = identity is None
             if identity is None:
                 client = tx.add(Client(id=new_id(work.now), name=name or "", created=work.now))
                 identity = tx.add(
@@ -418,13 +419,17 @@ class HelpDesk:
                         client_id=client.id,
                         until=until,
                     )
-            before = next(
-                tx.select(
-                    Conversation,
-                    {"client_id": client.id, "channel": channel, "state": In(OPEN)},
-                    limit=1,
-                ),
-                None,
+            before = (
+                None  # a client made just now has no conversation yet
+                if new_client
+                else next(
+                    tx.select(
+                        Conversation,
+                        {"client_id": client.id, "channel": channel, "state": In(OPEN)},
+                        limit=1,
+                    ),
+                    None,
+                )
             )
             act = Act(command="receive", now=work.now, name_of=work.name_of)
             if before is None:

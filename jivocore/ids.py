@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 from datetime import datetime
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: no I, L, O, U
+# Crockford's base32 (no I, L, O, U) in the order of RFC 4648's alphabet, so the C-speed
+# b32encode does the work and a character's rank is its value's.
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 _lock = threading.Lock()
 _last = (-1, 0)
 
@@ -24,9 +29,6 @@ def new_id(at: datetime) -> str:
         else:
             random = int.from_bytes(os.urandom(10), "big") >> 1  # room to count upwards
         _last = (millis, random)
-    value = (millis << 80) | random
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 10 characters of time (48 bits, led by two zero bits) and 16 of randomness (80 bits).
+    time = base64.b32encode((millis << 30).to_bytes(10, "big"))[:10]
+    return (time + base64.b32encode(random.to_bytes(10, "big"))).translate(_CROCKFORD).decode()
