@@ -4,7 +4,7 @@ plugins provide storage, channels and CRM extensions."""
 from .channels import Channel, Outbound
 from .clock import Clock, FakeClock, SystemClock
 from .convert import make_converter
-from .desk import CORE_ENTITY_TYPES, DEFAULT_SETTINGS, HelpDesk
+from .desk import CORE_ENTITY_TYPES, DEFAULT_SETTINGS, HelpDesk, Work
 from .entities import (
     Author,
     Block,
@@ -102,6 +102,7 @@ __all__ = [
     "ValidationError",
     "Vetoed",
     "Where",
+    "Work",
     "hookimpl",
     "make_converter",
     "make_cursor",

@@ -113,8 +113,9 @@ def _choice(cls: type[E], value: object, what: str) -> E:
         ) from None
 
 
-class _Work:
-    """What one command has in hand: its transaction, its moment, the events it appends."""
+class Work:
+    """What one command has in hand: its write transaction (`tx`), its moment (`now`), and the
+    events it appends with `record`, which plugins hear about once it commits."""
 
     def __init__(self, desk: HelpDesk, tx: Transaction, now: datetime) -> None:
         self.desk = desk
@@ -130,7 +131,8 @@ class _Work:
         conversation: Conversation | None = None,
         client_id: str | None = None,
         **data: Any,
-    ) -> None:
+    ) -> Event:
+        """Append an event (past tense, e.g. "deal_created") to the log, in this transaction."""
         event = Event(
             id=new_id(self.now),
             type=type,
@@ -140,13 +142,16 @@ class _Work:
             client_id=client_id or (conversation.client_id if conversation else None),
             data=data,
         )
-        self.events.append(self.tx.add(event))
+        stored = self.tx.add(event)
+        self.events.append(stored)
+        return stored
 
     def name_of(self, operator_id: str) -> str:
         operator = self.tx.find(Operator, operator_id)
         return f"{operator.name} ({operator_id})" if operator else operator_id
 
     def operator(self, operator_id: str) -> Operator:
+        """The operator, or NotFoundError."""
         return self.tx.get(Operator, operator_id)
 
 
@@ -253,8 +258,10 @@ class HelpDesk:
 
     # --- the command pipeline ----------------------------------------------------------------
 
-    def _run(self, command: Callable[[_Work], T], *, retry: bool = True) -> T:
-        """Run one command: a write transaction, then, once committed, the notifications.
+    def run(self, command: Callable[[Work], T], *, retry: bool = True) -> T:
+        """Run one command: `command(work)` in a write transaction, then, once committed, the
+        notifications of the events it recorded. Every built-in command runs this way, and so
+        do plugins' own commands (create a deal, add a tag, ...).
 
         A command that lost a compare-and-set race (ConflictError) runs again on fresh data, so
         its caller gets the answer the winner's change implies (e.g. "already accepted by Ann")
@@ -263,7 +270,7 @@ class HelpDesk:
         for attempt in range(1, attempts + 1):
             try:
                 with self.storage.transaction() as tx:
-                    work = _Work(self, tx, self.clock.now())
+                    work = Work(self, tx, self.clock.now())
                     result = command(work)
             except ConflictError:
                 if attempt == attempts:
@@ -301,7 +308,7 @@ class HelpDesk:
 
     def _act(
         self,
-        work: _Work,
+        work: Work,
         conversation: Conversation,
         command: str,
         actor: Operator | None,
@@ -340,7 +347,7 @@ class HelpDesk:
     def _conversation_command(
         self, conversation_id: str, command: str, operator_id: str, colleague_id: str | None = None
     ) -> Conversation:
-        def change(work: _Work) -> Conversation:
+        def change(work: Work) -> Conversation:
             conversation = work.tx.get(Conversation, conversation_id)
             actor = work.operator(operator_id)
             colleague = work.operator(colleague_id) if colleague_id is not None else None
@@ -357,7 +364,7 @@ class HelpDesk:
                     )
             return saved
 
-        return self._run(change)
+        return self.run(change)
 
     # --- commands: the conversation lifecycle ------------------------------------------------
 
@@ -384,7 +391,7 @@ class HelpDesk:
         self._check_text(text)
         kind = _choice(Kind, kind, "kind")
 
-        def change(work: _Work) -> Message:
+        def change(work: Work) -> Message:
             tx = work.tx
             if message_id is not None:
                 stored = next(
@@ -471,7 +478,7 @@ class HelpDesk:
             )
             return message
 
-        return self._run(change)
+        return self.run(change)
 
     def ignore(self, conversation_id: str, operator_id: str) -> Conversation:
         """Hide an inbox conversation from the operator for the cooldown; it then reappears."""
@@ -485,7 +492,7 @@ class HelpDesk:
         """An operator's message to the client, queued for delivery through the channel."""
         self._check_text(text)
 
-        def change(work: _Work) -> Message:
+        def change(work: Work) -> Message:
             message_id = new_id(work.now)
             conversation = self._act(
                 work,
@@ -518,7 +525,7 @@ class HelpDesk:
             )
             return message
 
-        return self._run(change)
+        return self.run(change)
 
     def transfer(self, conversation_id: str, operator_id: str, to_operator_id: str) -> Conversation:
         """Hand the conversation to an online colleague, who becomes its owner."""
@@ -544,10 +551,10 @@ class HelpDesk:
     def client_left(self, conversation_id: str) -> Conversation:
         """The client left (or timed out) before anyone accepted: outcome missed."""
 
-        def change(work: _Work) -> Conversation:
+        def change(work: Work) -> Conversation:
             return self._act(work, work.tx.get(Conversation, conversation_id), "client_left", None)
 
-        return self._run(change)
+        return self.run(change)
 
     def block(
         self, client_id: str, operator_id: str, *, duration: timedelta | _Default | None = DEFAULT
@@ -562,7 +569,7 @@ class HelpDesk:
         ):
             raise ValidationError(f"a block lasts a positive timedelta or None, not {duration!r}")
 
-        def change(work: _Work) -> Client:
+        def change(work: Work) -> Client:
             actor = work.operator(operator_id)
             client = work.tx.get(Client, client_id)
             until = work.now + duration if isinstance(duration, timedelta) else None
@@ -581,12 +588,12 @@ class HelpDesk:
             )
             return client
 
-        return self._run(change)
+        return self.run(change)
 
     def unblock(self, client_id: str, operator_id: str) -> Client:
         """Lift a client's block: their messages are accepted again."""
 
-        def change(work: _Work) -> Client:
+        def change(work: Work) -> Client:
             actor = work.operator(operator_id)
             client = work.tx.get(Client, client_id)
             if not client.blocked(work.now):
@@ -597,7 +604,7 @@ class HelpDesk:
             work.record("client_unblocked", actor_id=actor.id, client_id=client.id)
             return client
 
-        return self._run(change)
+        return self.run(change)
 
     def _check_text(self, text: str) -> None:
         if not isinstance(text, str) or not text.strip():
@@ -626,7 +633,7 @@ class HelpDesk:
         if capacity is not None and capacity < 0:
             raise ValidationError(f"capacity is a number of chats, not {capacity}")
 
-        def change(work: _Work) -> Operator:
+        def change(work: Work) -> Operator:
             operator = work.tx.add(
                 Operator(
                     id=new_id(work.now),
@@ -642,22 +649,22 @@ class HelpDesk:
             work.record("operator_added", actor_id=operator.id)
             return operator
 
-        return self._run(change)
+        return self.run(change)
 
     def update_operator(self, operator: Operator) -> Operator:
         """Save an edited operator (from `attrs.evolve`); ConflictError if it changed since."""
 
-        def change(work: _Work) -> Operator:
+        def change(work: Work) -> Operator:
             saved = work.tx.update(operator)
             work.record("operator_updated", actor_id=saved.id)
             return saved
 
-        return self._run(change, retry=False)
+        return self.run(change, retry=False)
 
     def set_presence(self, operator_id: str, presence: Presence | str) -> Operator:
         presence = _choice(Presence, presence, "presence")
 
-        def change(work: _Work) -> Operator:
+        def change(work: Work) -> Operator:
             operator = work.operator(operator_id)
             if operator.presence is presence:
                 return operator
@@ -665,7 +672,7 @@ class HelpDesk:
             work.record("presence_changed", actor_id=saved.id, presence=presence.value)
             return saved
 
-        return self._run(change)
+        return self.run(change)
 
     def add_client(
         self,
@@ -677,7 +684,7 @@ class HelpDesk:
         custom: Mapping[str, str] | None = None,
         responsible_id: str | None = None,
     ) -> Client:
-        def change(work: _Work) -> Client:
+        def change(work: Work) -> Client:
             if responsible_id is not None:
                 work.operator(responsible_id)
             client = work.tx.add(
@@ -695,19 +702,19 @@ class HelpDesk:
             work.record("client_added", client_id=client.id)
             return client
 
-        return self._run(change)
+        return self.run(change)
 
     def update_client(self, client: Client) -> Client:
         """Save an edited client (from `attrs.evolve`); ConflictError if it changed since."""
 
-        def change(work: _Work) -> Client:
+        def change(work: Work) -> Client:
             if client.responsible_id is not None:
                 work.operator(client.responsible_id)
             saved = work.tx.update(client)
             work.record("client_updated", client_id=saved.id)
             return saved
 
-        return self._run(change, retry=False)
+        return self.run(change, retry=False)
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -833,7 +840,7 @@ class HelpDesk:
         attempt = delivery.attempts + 1
         lease = timedelta(seconds=float(self.settings["delivery_lease"]))
         try:
-            delivery = self._run(
+            delivery = self.run(
                 lambda work: work.tx.update(
                     attrs.evolve(delivery, attempts=attempt, due=work.now + lease)
                 ),
@@ -868,7 +875,7 @@ class HelpDesk:
             except Exception as exc:  # a channel's failure is retried, never lost
                 error = f"{type(exc).__name__}: {exc}"
 
-        def change(work: _Work) -> int:
+        def change(work: Work) -> int:
             if error is None:
                 work.tx.update(attrs.evolve(delivery, status="sent", error=None))
                 work.record(
@@ -897,7 +904,7 @@ class HelpDesk:
             )
             return 0
 
-        return self._run(change, retry=False)
+        return self.run(change, retry=False)
 
 
-__all__ = ["CORE_ENTITY_TYPES", "DEFAULT_SETTINGS", "HelpDesk"]
+__all__ = ["CORE_ENTITY_TYPES", "DEFAULT_SETTINGS", "HelpDesk", "Work"]
