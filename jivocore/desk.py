@@ -17,7 +17,8 @@ import attrs
 import cattrs
 import pluggy
 
-from .channels import Channel, Outbound
+from . import outbox
+from .channels import Channel
 from .clock import Clock, SystemClock
 from .convert import make_converter
 from .entities import (
@@ -40,6 +41,7 @@ from .errors import (
     ConfigurationError,
     ConflictError,
     InvalidTransition,
+    PermissionDenied,
     PluginError,
     ValidationError,
     Vetoed,
@@ -54,7 +56,12 @@ T = TypeVar("T")
 
 CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
     EntityType(name="operators", cls=Operator, indexes=(("presence",),)),
-    EntityType(name="clients", cls=Client, indexes=(("responsible_id",), ("status",))),
+    EntityType(
+        name="clients",
+        cls=Client,
+        indexes=(("responsible_id",), ("status",)),
+        members=("involved",),
+    ),
     EntityType(
         name="client_identities",
         cls=ClientIdentity,
@@ -352,16 +359,18 @@ class HelpDesk:
             actor = work.operator(operator_id)
             colleague = work.operator(colleague_id) if colleague_id is not None else None
             saved = self._act(work, conversation, command, actor, colleague)
-            if command == "accept":
-                client = work.tx.get(Client, saved.client_id)
-                if client.responsible_id is None:
-                    work.tx.update(attrs.evolve(client, responsible_id=actor.id))
-                    work.record(
-                        "responsible_set",
-                        actor_id=actor.id,
-                        client_id=client.id,
-                        responsible_id=actor.id,
-                    )
+            client = work.tx.get(Client, saved.client_id)
+            edited = attrs.evolve(client, involved=client.involved | saved.involved)
+            if command == "accept" and client.responsible_id is None:
+                edited = attrs.evolve(edited, responsible_id=actor.id)
+                work.record(
+                    "responsible_set",
+                    actor_id=actor.id,
+                    client_id=client.id,
+                    responsible_id=actor.id,
+                )
+            if edited != client:
+                work.tx.update(edited)
             return saved
 
         return self.run(change)
@@ -696,6 +705,7 @@ class HelpDesk:
                     status=status,
                     custom=dict(custom or {}),
                     responsible_id=responsible_id,
+                    involved=frozenset({responsible_id} if responsible_id else ()),
                     created=work.now,
                 )
             )
@@ -708,9 +718,11 @@ class HelpDesk:
         """Save an edited client (from `attrs.evolve`); ConflictError if it changed since."""
 
         def change(work: Work) -> Client:
+            edited = client
             if client.responsible_id is not None:
                 work.operator(client.responsible_id)
-            saved = work.tx.update(client)
+                edited = attrs.evolve(client, involved=client.involved | {client.responsible_id})
+            saved = work.tx.update(edited)
             work.record("client_updated", client_id=saved.id)
             return saved
 
@@ -735,18 +747,51 @@ class HelpDesk:
     def operator(self, operator_id: str) -> Operator:
         return self.get(Operator, operator_id)
 
-    def client(self, client_id: str) -> Client:
-        return self.get(Client, client_id)
+    def client(self, client_id: str, *, operator_id: str | None = None) -> Client:
+        """The client; with `operator_id`, PermissionDenied unless that operator may see them."""
+        with self.reading() as tx:
+            client = tx.get(Client, client_id)
+            if operator_id is not None:
+                operator = tx.get(Operator, operator_id)
+                if not self.sees_client(operator, client):
+                    raise PermissionDenied(
+                        f"{operator.name} ({operator.id}) may not see client {client_id}",
+                        operator_id=operator_id,
+                        client_id=client_id,
+                    )
+            return client
+
+    @staticmethod
+    def sees_client(operator: Operator, client: Client) -> bool:
+        """An operator sees the clients they are or were responsible for or talked with;
+        managers, admins and operators granted `sees_all` see every client."""
+        return operator.is_manager or operator.sees_all or operator.id in client.involved
 
     def operators(self) -> list[Operator]:
         with self.reading() as tx:
             return list(tx.select(Operator, order=("name",)))
 
     def clients(
-        self, where: Where | None = None, *, after: str | None = None, limit: int = 50
+        self,
+        where: Where | None = None,
+        *,
+        operator_id: str | None = None,
+        order: Sequence[str] = ("-created",),
+        after: str | None = None,
+        limit: int = 50,
     ) -> Page[Client]:
+        """A page of clients; with `operator_id`, only those the operator may see."""
+        query = dict(where or {})
         with self.reading() as tx:
-            return tx.page(Client, where, order=("-created",), after=after, limit=limit)
+            if operator_id is not None:
+                operator = tx.get(Operator, operator_id)
+                if not (operator.is_manager or operator.sees_all):
+                    if "involved" in query:
+                        raise ValidationError(
+                            "filter clients by responsible_id; `involved` is the visibility rule"
+                        )
+                    query["involved"] = HasAny({operator_id})
+            return tx.page(Client, query, order=order, after=after, limit=limit)
 
     def inbox(self, operator_id: str, *, limit: int = 50) -> list[Conversation]:
         """Conversations waiting to be accepted, oldest first, less those the operator ignored
@@ -820,91 +865,7 @@ class HelpDesk:
         """Send the operator messages that are due through their channels; returns how many
         went out. A failed send is retried later with back-off, and after the last attempt the
         delivery is dead (its event says why). Call it from the host's worker loop."""
-        sent = 0
-        with self.reading() as tx:
-            due = list(
-                tx.select(
-                    Delivery,
-                    {"status": "pending", "due": Range(le=self.clock.now())},
-                    order=("due",),
-                    limit=limit,
-                )
-            )
-        for delivery in due:
-            sent += self._deliver_one(delivery)
-        return sent
-
-    def _deliver_one(self, delivery: Delivery) -> int:
-        # Claim it first (compare-and-set): of two workers only one sends. Until the lease runs
-        # out nobody else tries; a worker that dies mid-send leaves it to be retried then.
-        attempt = delivery.attempts + 1
-        lease = timedelta(seconds=float(self.settings["delivery_lease"]))
-        try:
-            delivery = self.run(
-                lambda work: work.tx.update(
-                    attrs.evolve(delivery, attempts=attempt, due=work.now + lease)
-                ),
-                retry=False,
-            )
-        except ConflictError:
-            return 0  # another worker claimed it
-        with self.reading() as tx:
-            message = tx.get(Message, delivery.message_id)
-            conversation = tx.get(Conversation, delivery.conversation_id)
-            client = tx.get(Client, conversation.client_id)
-            identity = next(
-                tx.select(ClientIdentity, {"client_id": client.id, "channel": delivery.channel}),
-                None,
-            )
-        channel = self.channels.get(delivery.channel)
-        error: str | None = None
-        external_id: str | None = None
-        if channel is None:
-            error = f"channel {delivery.channel!r} is not installed"
-        else:
-            try:
-                external_id = channel.send(
-                    Outbound(
-                        message=message,
-                        conversation=conversation,
-                        client=client,
-                        identity=identity,
-                        attempt=attempt,
-                    )
-                )
-            except Exception as exc:  # a channel's failure is retried, never lost
-                error = f"{type(exc).__name__}: {exc}"
-
-        def change(work: Work) -> int:
-            if error is None:
-                work.tx.update(attrs.evolve(delivery, status="sent", error=None))
-                work.record(
-                    "delivered",
-                    conversation=conversation,
-                    message_id=message.id,
-                    external_id=external_id,
-                )
-                return 1
-            dead = attempt >= int(self.settings["delivery_attempts"])
-            backoff = float(self.settings["delivery_backoff"]) * 2 ** (attempt - 1)
-            work.tx.update(
-                attrs.evolve(
-                    delivery,
-                    error=error,
-                    status="dead" if dead else "pending",
-                    due=work.now + timedelta(seconds=backoff),
-                )
-            )
-            work.record(
-                "delivery_dead" if dead else "delivery_failed",
-                conversation=conversation,
-                message_id=message.id,
-                error=error,
-                attempt=attempt,
-            )
-            return 0
-
-        return self.run(change, retry=False)
+        return outbox.deliver(self, limit=limit)
 
 
 __all__ = ["CORE_ENTITY_TYPES", "DEFAULT_SETTINGS", "HelpDesk", "Work"]

@@ -89,6 +89,9 @@ class Client:
     phones: tuple[str, ...] = ()
     status: str = "new"
     responsible_id: str | None = None
+    # Every operator who was responsible for the client or took part in their conversations:
+    # who may see the client (with managers and operators who see all).
+    involved: frozenset[str] = frozenset()
     custom: dict[str, str] = attrs.field(factory=dict)
     block: Block | None = None
     created: datetime = attrs.field(validator=_utc)
