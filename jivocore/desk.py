@@ -60,7 +60,7 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
         name="clients",
         cls=Client,
         indexes=(("responsible_id",), ("status",)),
-        members=("involved",),
+        members=("involved", "tags"),
     ),
     EntityType(
         name="client_identities",
@@ -74,7 +74,7 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
         indexes=(("state", "created"), ("client_id", "channel", "state"), ("state", "closed")),
         # The database itself keeps a client to one open conversation per channel.
         unique=(Unique(("client_id", "channel"), where={"state": In(OPEN)}),),
-        members=("participants", "involved"),
+        members=("participants", "involved", "tags"),
     ),
     EntityType(
         name="messages",

@@ -92,6 +92,7 @@ class Client:
     # Every operator who was responsible for the client or took part in their conversations:
     # who may see the client (with managers and operators who see all).
     involved: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()  # tag names; a tags plugin manages the tags themselves
     custom: dict[str, str] = attrs.field(factory=dict)
     block: Block | None = None
     created: datetime = attrs.field(validator=_utc)
@@ -129,6 +130,7 @@ class Conversation:
     owner_id: str | None = None
     participants: frozenset[str] = frozenset()
     involved: frozenset[str] = frozenset()  # every operator who ever took part: who may see it
+    tags: frozenset[str] = frozenset()
     ignores: tuple[Ignore, ...] = ()
     created: datetime = attrs.field(validator=_utc)
     accepted: datetime | None = attrs.field(default=None, validator=_utc)
