@@ -17,7 +17,7 @@ import attrs
 import cattrs
 import pluggy
 
-from . import outbox
+from . import outbox, scheduler
 from .channels import Channel
 from .clock import Clock, SystemClock
 from .convert import make_converter
@@ -83,6 +83,9 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
     ),
     EntityType(name="events", cls=Event, indexes=(("conversation_id",), ("type", "at"))),
     EntityType(name="deliveries", cls=Delivery, indexes=(("status", "due"),)),
+    EntityType(
+        name="timers", cls=scheduler.Timer, unique=(("kind", "key"),), indexes=(("run_at",),)
+    ),
 )
 
 DEFAULT_SETTINGS: Mapping[str, Any] = {
@@ -858,6 +861,14 @@ class HelpDesk:
         """The event log, oldest first."""
         with self.reading() as tx:
             return tx.page(Event, where, order=("id",), after=after, limit=limit)
+
+    # --- the scheduler -----------------------------------------------------------------------
+
+    def run_due(self, *, limit: int = 100) -> int:
+        """Run the timers that are due (task due times, ...), oldest due first, however late
+        this is called; returns how many ran. A handler that raises is logged and retried with
+        back-off. Call it from the host's worker loop, as `deliver`. See jivocore/scheduler.py."""
+        return scheduler.run_due(self, limit=limit)
 
     # --- the outbox --------------------------------------------------------------------------
 

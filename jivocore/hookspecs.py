@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .channels import Channel
     from .desk import HelpDesk
     from .entities import Conversation, Event, Operator
+    from .scheduler import Timer
     from .storage import EntityType, Storage
 
 hookspec = pluggy.HookspecMarker("jivocore")
@@ -97,4 +98,17 @@ def jivocore_events_committed(desk: HelpDesk, events: Sequence[Event]) -> None:
 
     :param desk: the desk whose command committed.
     :param events: the events the command appended, in order.
+    """
+
+
+@hookspec
+def jivocore_register_timers(
+    register: Callable[[str, Callable[[HelpDesk, Timer], None]], None],
+) -> None:
+    """Register what runs each kind of timer, each with ``register(kind, handler)``.
+
+    ``handler(desk, timer)`` runs when a timer of that kind falls due (``desk.run_due``), outside
+    any transaction; a handler that raises is logged and its timer retried with back-off.
+
+    :param register: call once per timer kind; a kind registered twice is an error.
     """
