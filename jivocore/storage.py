@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -353,3 +353,114 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+# --- search documents: an optional part of the contract -------------------------------------------
+
+RELEVANCE_WINDOW = 1000
+"""How many of the newest matches a relevance search ranks, by default (see `search_documents`)."""
+
+_DOCUMENT_ORDERS = ("date", "relevance")
+
+
+@attrs.frozen(kw_only=True)
+class Document:
+    """Search text kept beside one stored entity, outside its fields: a conversation's transcript,
+    say, which is too big and too late to be a field of the conversation. Written in batches
+    with `put_documents`; found with `search_documents`, together with filters on the entity's
+    own fields, in one indexed query."""
+
+    id: str  # the entity's id
+    text: str
+    at: datetime  # the document's date: date order lists the newest first
+
+
+def document_key(at: datetime, slot: int = 0) -> int:
+    """The integer a backend files a document under: its date in microseconds since the epoch,
+    times 1024, plus a slot (0-1023) among documents of the same microsecond. Keys order
+    documents by date, then by the order they were put; a backend gives a document the slot
+    after the highest one taken at its microsecond."""
+    if not 0 <= slot < 1024:
+        raise ValidationError(f"more than 1024 documents share the instant {at.isoformat()}")
+    micros = (at - _EPOCH) // _MICROSECOND
+    if not -(2**52) <= micros < 2**52:
+        raise ValidationError(f"a document's date must lie within 1827..2112, not {at}")
+    return int(micros) * 1024 + slot
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a search: `text` split on whitespace. Each word is then tokenised as the
+    documents are (docs/storage.md); every word must match."""
+    return text.split()
+
+
+def check_document_order(by: str) -> None:
+    if by not in _DOCUMENT_ORDERS:
+        raise ValidationError(f"search documents by 'date' or 'relevance', not {by!r}", by=by)
+
+
+class DocumentSearch(Protocol):
+    """What a transaction offers when its backend keeps search documents (both built-in ones
+    do). Document storage for a type is made when its first document is put; searching a type
+    that has none finds nothing.
+
+    Search matches as `Transaction.search` does (every word; a word's tokens in a row; the
+    tokenisation of docs/storage.md). Orders:
+
+    - ``by="date"``: newest document first (its `Document.at`; the same instant: the one put
+      last first). Keyset pages are exact, however many documents match.
+    - ``by="relevance"``: the best match first, among the newest `window` documents that match
+      the text and the filter; older matches are not ranked and not listed. This bounds the
+      work of a relevance query whatever the words (ranking every match of a common word is
+      slow), and favours recent conversations. Pages are exact while no document is put.
+    """
+
+    def put_documents(self, cls: type[Any], documents: Iterable[Document]) -> int:
+        """Store each entity's document, replacing the one it had; returns how many."""
+
+    def delete_documents(self, cls: type[Any], ids: Iterable[str]) -> int:
+        """Remove the documents of these entities; returns how many there were."""
+
+    def document_dates(self, cls: type[Any], ids: Iterable[str]) -> dict[str, datetime]:
+        """The date (`Document.at`) of each of these entities' documents, for those that have
+        one."""
+
+    def newest_document(self, cls: type[Any]) -> datetime | None:
+        """The latest date among the type's documents, or None when it has none."""
+
+    def search_documents(
+        self,
+        cls: type[T],
+        text: str,
+        where: Where | None = None,
+        *,
+        by: str = "date",
+        after: str | None = None,
+        limit: int = 50,
+        window: int = RELEVANCE_WINDOW,
+    ) -> Page[T]:
+        """One page of the entities whose document holds every word of `text` and that match
+        `where`, in the order `by` names; pass `Page.next` as `after` for the next page."""
+
+
+def make_document_cursor(by: str, score: float, key: int) -> str:
+    """The cursor that resumes a `search_documents` listing after the item with this score (0
+    in date order) and document key."""
+    return base64.urlsafe_b64encode(json.dumps([by, score, key]).encode()).decode()
+
+
+def read_document_cursor(after: str | None, by: str) -> tuple[float, int] | None:
+    """(score, key) from a cursor `make_document_cursor` made for the same order, or None."""
+    if after is None:
+        return None
+    try:
+        values = json.loads(base64.urlsafe_b64decode(after.encode()))
+        if not isinstance(values, list) or values[0] != by:
+            raise ValueError(by)
+        return float(values[1]), int(values[2])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValidationError(f"not a cursor this search made in {by} order: {after!r}") from exc

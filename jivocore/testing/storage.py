@@ -19,11 +19,13 @@ with a brute-force Python model over generated data. docs/storage.md describes t
 from __future__ import annotations
 
 import enum
+import re
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import pytest
@@ -33,11 +35,14 @@ from hypothesis import strategies as st
 from ..convert import make_converter
 from ..errors import ConflictError, JivoError, NotFoundError, ValidationError
 from ..storage import (
+    Document,
+    DocumentSearch,
     EntityType,
     HasAll,
     HasAny,
     In,
     Not,
+    Page,
     Range,
     Storage,
     Transaction,
@@ -986,3 +991,171 @@ class StorageContract:
         with pytest.raises(JivoError), storage.transaction() as tx:
             tx.add(Item(id="big", size=2**70))
         assert self.read(storage, lambda tx: tx.count(Item)) == 0
+
+    # search documents (the optional DocumentSearch part) -------------------------------------
+
+    def test_documents_are_found_with_filters_newest_first(self, storage: Storage) -> None:
+        self.add(storage, *(Item(id=f"i{n}", size=n, tags=frozenset({"red"})) for n in range(4)))
+        with storage.transaction() as tx:
+            docs = cast(DocumentSearch, tx)
+            written = docs.put_documents(
+                Item,
+                [
+                    Document(id="i0", text="My order #123 arrived broken.", at=T0),
+                    Document(id="i1", text="Where is my ORDER?", at=T0 + timedelta(hours=1)),
+                    Document(id="i2", text="Café au lait, foo-bar", at=T0 + timedelta(hours=2)),
+                    Document(id="i3", text="order order order", at=T0 + timedelta(hours=1)),
+                ],
+            )
+        assert written == 4
+        with storage.transaction(write=False) as tx:
+            docs = cast(DocumentSearch, tx)
+            # Newest first; the same date: the one put last first.
+            assert [i.id for i in docs.search_documents(Item, "order").items] == ["i3", "i1", "i0"]
+            assert [i.id for i in docs.search_documents(Item, "my order").items] == ["i1", "i0"]
+            found = docs.search_documents(Item, "order", {"size": Range(le=1)}).items
+            assert [i.id for i in found] == ["i1", "i0"]
+            assert [i.id for i in docs.search_documents(Item, "CAFE foo-bar").items] == ["i2"]
+            assert docs.search_documents(Item, "bar-foo").items == ()
+            assert docs.search_documents(Item, "!!!").items == ()
+            assert docs.search_documents(Item, "ord").items == ()
+            best = docs.search_documents(Item, "order", by="relevance").items
+            assert sorted(i.id for i in best) == ["i0", "i1", "i3"]
+            assert best[0].id == "i3"  # says little but "order"
+            assert docs.document_dates(Item, ["i1", "i9"]) == {"i1": T0 + timedelta(hours=1)}
+            assert docs.newest_document(Item) == T0 + timedelta(hours=2)
+
+    def test_documents_are_replaced_and_deleted(self, storage: Storage) -> None:
+        self.add(storage, Item(id="a"), Item(id="b"))
+        with storage.transaction() as tx:
+            docs = cast(DocumentSearch, tx)
+            docs.put_documents(Item, [Document(id="a", text="refund please", at=T0)])
+            docs.put_documents(Item, [Document(id="b", text="refund again", at=T0)])
+        with storage.transaction() as tx:
+            docs = cast(DocumentSearch, tx)
+            later = T0 + timedelta(days=1)
+            docs.put_documents(Item, [Document(id="a", text="all good, refund done", at=later)])
+        with storage.transaction(write=False) as tx:
+            docs = cast(DocumentSearch, tx)
+            assert docs.search_documents(Item, "please").items == ()
+            assert [i.id for i in docs.search_documents(Item, "refund").items] == ["a", "b"]
+        with storage.transaction() as tx:
+            assert cast(DocumentSearch, tx).delete_documents(Item, ["a", "zzz"]) == 1
+        with storage.transaction(write=False) as tx:
+            docs = cast(DocumentSearch, tx)
+            assert [i.id for i in docs.search_documents(Item, "refund").items] == ["b"]
+            assert docs.document_dates(Item, ["a", "b"]) == {"b": T0}
+
+    def test_a_type_without_documents_finds_nothing(self, storage: Storage) -> None:
+        with storage.transaction(write=False) as tx:
+            docs = cast(DocumentSearch, tx)
+            assert docs.search_documents(Ticket, "anything") == Page((), None)
+            assert docs.newest_document(Ticket) is None
+            assert docs.document_dates(Ticket, ["x"]) == {}
+
+    def test_document_search_refuses_what_it_cannot_answer(self, storage: Storage) -> None:
+        self.add(storage, Item(id="a"))
+        with storage.transaction() as tx:
+            cast(DocumentSearch, tx).put_documents(Item, [Document(id="a", text="x y", at=T0)])
+        with storage.transaction(write=False) as tx:
+            docs = cast(DocumentSearch, tx)
+            with pytest.raises(ValidationError):
+                docs.search_documents(Item, "x", by="size")
+            with pytest.raises(ValidationError):
+                docs.search_documents(Item, "x", after="not a cursor")
+            page = docs.search_documents(Item, "x", by="date")
+            with pytest.raises(ValidationError):
+                docs.search_documents(Item, "x", {"extra": "no"})
+            assert page.next is None
+
+    @_CHECKS
+    @given(data=st.data())
+    def test_document_search_agrees_with_python(
+        self, storage: Storage, data: st.DataObject
+    ) -> None:
+        items = data.draw(_items(max_size=12), label="items")
+        puts = data.draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([i.id for i in items]) if items else st.just("none"),
+                    st.lists(st.sampled_from(_DOC_WORDS), min_size=1, max_size=6),
+                    st.sampled_from(_SEPARATORS),
+                    st.sampled_from([T0, T0 + timedelta(seconds=1), T0 + timedelta(days=3)]),
+                ),
+                max_size=16,
+            ),
+            label="documents",
+        )
+        query = data.draw(
+            st.lists(st.sampled_from([*_DOC_WORDS, "Red-Blue", "blue-red", "?"]), max_size=2),
+            label="query",
+        )
+        where = data.draw(_conditions(), label="where")
+        limit = data.draw(st.integers(1, 4), label="limit")
+        window = data.draw(st.integers(1, 6), label="window")
+        text = " ".join(query)
+        model: dict[str, tuple[list[str], int, datetime]] = {}
+        for n, (entity_id, words, separator, at) in enumerate(puts):
+            model[entity_id] = (_doc_tokens(separator.join(words)), n, at)
+        by_id = {i.id: i for i in items}
+        expected = [
+            entity_id
+            for entity_id, (tokens, _, _) in sorted(
+                model.items(), key=lambda kv: (kv[1][2], kv[1][1]), reverse=True
+            )
+            if entity_id in by_id
+            and matches(by_id[entity_id], where)
+            and query
+            and _doc_matches(tokens, text)
+        ]
+
+        def work(tx: Transaction) -> None:
+            for item in items:
+                tx.add(item)
+            docs = cast(DocumentSearch, tx)
+            for entity_id, words, separator, at in puts:
+                docs.put_documents(
+                    Item, [Document(id=entity_id, text=separator.join(words), at=at)]
+                )
+            for by in ("date", "relevance"):
+                seen: list[str] = []
+                after = None
+                while True:
+                    page = docs.search_documents(
+                        Item, text, where, by=by, after=after, limit=limit, window=window
+                    )
+                    assert len(page.items) <= limit
+                    seen += [i.id for i in page.items]
+                    if page.next is None:
+                        break
+                    after = page.next
+                if by == "date":
+                    assert seen == expected
+                else:
+                    assert sorted(seen) == sorted(expected[:window])
+
+        self.rolled_back(storage, work)
+
+
+_DOC_WORDS = ("red", "Blue", "café", "cafe", "order", "x", "42")
+_SEPARATORS = (" ", "-", ", ", "\n", "_")
+
+
+def _doc_tokens(text: str) -> list[str]:
+    """Tokens as docs/storage.md defines them: runs of letters and digits, lower-cased, accents
+    removed."""
+    decomposed = unicodedata.normalize("NFD", text)
+    folded = "".join(c for c in decomposed if unicodedata.category(c) != "Mn").lower()
+    return re.findall(r"[^\W_]+", folded)
+
+
+def _doc_matches(tokens: list[str], text: str) -> bool:
+    """Every word's tokens occur in a row in `tokens`; a word without tokens is ignored, and a
+    text without tokens matches nothing."""
+    words = [_doc_tokens(w) for w in text.split()]
+    words = [w for w in words if w]
+    if not words:
+        return False
+    return all(
+        any(tokens[i : i + len(w)] == w for i in range(len(tokens) - len(w) + 1)) for w in words
+    )

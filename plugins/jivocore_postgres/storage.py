@@ -16,6 +16,7 @@ import threading
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -45,6 +46,15 @@ from jivocore import (
     make_cursor,
     parse_order,
     read_cursor,
+)
+from jivocore.storage import (
+    RELEVANCE_WINDOW,
+    Document,
+    check_document_order,
+    document_key,
+    make_document_cursor,
+    read_document_cursor,
+    search_words,
 )
 
 T = TypeVar("T")
@@ -603,6 +613,157 @@ class PostgresTransaction:
                     "ON CONFLICT DO NOTHING"
                 )
                 self._execute(query, (entity.id, values, entity.id, values), what=what)
+
+    # search documents ---------------------------------------------------------------------
+    # `<table>__documents` holds each entity's document: the key it is filed under (its date,
+    # see jivocore.document_key), the date, and a tsvector of the text (GIN-indexed) made by
+    # `tokens`, so documents tokenise exactly as on SQLite.
+
+    def _documents(self, etype: EntityType, *, create: bool) -> str | None:
+        """The quoted name of the type's document table, or None when it does not exist yet
+        (with `create`, it is made: once, under an advisory lock, as setup does)."""
+        name = f"{etype.name}__documents"
+        what = f"cannot prepare {etype.name} documents"
+        exists = self._execute("SELECT to_regclass(%s) AS t", (q(name),), what=what).fetchone()
+        if exists and exists["t"] is not None:
+            return q(name)
+        if not create:
+            return None
+        self._execute("SELECT pg_advisory_xact_lock(hashtext('jivocore setup'))", what=what)
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {q(name)} (key bigint PRIMARY KEY, "
+            'entity_id text COLLATE "C" NOT NULL UNIQUE, at text COLLATE "C" NOT NULL, '
+            "document tsvector NOT NULL)",
+            what=what,
+        )
+        index = _index_name(name, "gin", ("document",))
+        self._execute(
+            f"CREATE INDEX IF NOT EXISTS {q(index)} ON {q(name)} USING gin (document)", what=what
+        )
+        return q(name)
+
+    def put_documents(self, cls: type[Any], documents: Iterable[Document]) -> int:
+        etype = self.tables.of(cls)
+        table = self._documents(etype, create=True)
+        what = f"cannot index {etype.name}"
+        written = 0
+        for document in documents:
+            self._execute(f"DELETE FROM {table} WHERE entity_id = %s", (document.id,), what=what)
+            base = document_key(document.at)
+            taken = self._execute(
+                f"SELECT max(key) AS k FROM {table} WHERE key BETWEEN %s AND %s",
+                (base, base + 1023),
+                what=what,
+            ).fetchone()
+            slot = 0 if taken is None or taken["k"] is None else taken["k"] - base + 1
+            self._execute(
+                f"INSERT INTO {table} (key, entity_id, at, document) "
+                "VALUES (%s, %s, %s, %s::tsvector)",
+                (
+                    document_key(document.at, slot),
+                    document.id,
+                    self.converter.unstructure(document.at),
+                    _tsvector([document.text]),
+                ),
+                what=what,
+            )
+            written += 1
+        return written
+
+    def delete_documents(self, cls: type[Any], ids: Iterable[str]) -> int:
+        etype = self.tables.of(cls)
+        table = self._documents(etype, create=False)
+        wanted = list(dict.fromkeys(ids))
+        if table is None or not wanted:
+            return 0
+        cursor = self._execute(
+            f"DELETE FROM {table} WHERE entity_id = ANY(%s)",
+            (wanted,),
+            what=f"cannot delete {etype.name} documents",
+        )
+        return cursor.rowcount
+
+    def document_dates(self, cls: type[Any], ids: Iterable[str]) -> dict[str, datetime]:
+        etype = self.tables.of(cls)
+        table = self._documents(etype, create=False)
+        wanted = list(dict.fromkeys(ids))
+        if table is None or not wanted:
+            return {}
+        rows = self._execute(
+            f"SELECT entity_id, at FROM {table} WHERE entity_id = ANY(%s)",
+            (wanted,),
+            what=f"cannot read {etype.name} documents",
+        )
+        return {row["entity_id"]: datetime.fromisoformat(row["at"]) for row in rows}
+
+    def newest_document(self, cls: type[Any]) -> datetime | None:
+        etype = self.tables.of(cls)
+        table = self._documents(etype, create=False)
+        if table is None:
+            return None
+        row = self._execute(
+            f"SELECT at FROM {table} ORDER BY key DESC LIMIT 1",
+            what=f"cannot read {etype.name} documents",
+        ).fetchone()
+        return None if row is None else datetime.fromisoformat(row["at"])
+
+    def search_documents(
+        self,
+        cls: type[T],
+        text: str,
+        where: Where | None = None,
+        *,
+        by: str = "date",
+        after: str | None = None,
+        limit: int = 50,
+        window: int = RELEVANCE_WINDOW,
+    ) -> Page[T]:
+        etype = self.tables.of(cls)
+        check_document_order(by)
+        if limit < 1 or window < 1:
+            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        clauses, params = self._where(etype, where)
+        cursor = read_document_cursor(after, by)
+        tsquery = _tsquery(" ".join(search_words(text)))
+        table = self._documents(etype, create=False)
+        if tsquery is None or table is None:
+            return Page((), None)
+        entity = q(etype.name)
+        hits = (
+            f"FROM {table} d JOIN {entity} ON {entity}.id = d.entity_id "
+            "WHERE d.document @@ %s::tsquery" + "".join(f" AND {c}" for c in clauses)
+        )
+        columns = self.tables.select[cls]
+        if by == "date":
+            query = f"SELECT {columns}, d.key AS _key, 0.0::float8 AS _score {hits}"
+            args: list[Any] = [tsquery, *params]
+            if cursor is not None:
+                query += " AND d.key < %s"
+                args.append(cursor[1])
+            query += f" ORDER BY d.key DESC LIMIT {int(limit) + 1}"
+        else:
+            # Rank only the newest `window` matches (ts_rank reads each match's tsvector).
+            query = (
+                f"WITH hits AS (SELECT {entity}.id AS _id, d.key AS _key, d.document AS _doc "
+                f"{hits} ORDER BY d.key DESC LIMIT {int(window)}), "
+                "ranked AS (SELECT _id, _key, ts_rank(_doc, %s::tsquery)::float8 AS _score "
+                f"FROM hits) SELECT {columns}, ranked._key, ranked._score FROM ranked "
+                f"JOIN {entity} ON {entity}.id = ranked._id"
+            )
+            args = [tsquery, *params, tsquery]
+            if cursor is not None:
+                query += " WHERE (ranked._score < %s OR (ranked._score = %s AND ranked._key < %s))"
+                args += [cursor[0], cursor[0], cursor[1]]
+            query += f" ORDER BY ranked._score DESC, ranked._key DESC LIMIT {int(limit) + 1}"
+        rows = self._execute(query, args, what=f"cannot search {etype.name}").fetchall()
+        items = []
+        last: tuple[float, int] = (0.0, 0)
+        for row in rows[:limit]:
+            values = dict(row)
+            last = (float(values.pop("_score")), int(values.pop("_key")))
+            items.append(etype.decode(self.converter, values))
+        more = len(rows) > limit
+        return Page(tuple(items), make_document_cursor(by, *last) if more else None)
 
 
 # --- the storage ----------------------------------------------------------------------------------

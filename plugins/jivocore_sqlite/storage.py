@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -31,6 +32,15 @@ from jivocore import (
     make_cursor,
     parse_order,
     read_cursor,
+)
+from jivocore.storage import (
+    RELEVANCE_WINDOW,
+    Document,
+    check_document_order,
+    document_key,
+    make_document_cursor,
+    read_document_cursor,
+    search_words,
 )
 
 T = TypeVar("T")
@@ -429,6 +439,159 @@ class SQLiteTransaction:
                 f"INSERT INTO {fts} (rowid, {cols}) VALUES (?, {marks})",
                 [rowid, *(row[c] or "" for c in etype.searchable)],
             )
+
+    # search documents ---------------------------------------------------------------------
+    # `<table>__documents` maps each entity to the key it is filed under (its date, see
+    # jivocore.document_key) and `<table>__documents_fts` (FTS5, rowid = key) holds the text.
+    # A date-ordered search walks the FTS index newest key first and stops at the page's end.
+
+    def _documents(self, etype: EntityType, *, create: bool) -> bool:
+        """Whether the type's document tables exist; with `create`, make them first."""
+        docs = f"{etype.name}__documents"
+        if create:
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS [{docs}] (key INTEGER PRIMARY KEY, "
+                "entity_id TEXT NOT NULL UNIQUE, at TEXT NOT NULL)"
+            )
+            self.conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS [{docs}_fts] USING fts5(text)")
+            return True
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = ?", (f"{docs}_fts",)
+        ).fetchone()
+        return found is not None
+
+    def put_documents(self, cls: type[Any], documents: Iterable[Document]) -> int:
+        etype = self.tables.of(cls)
+        docs = f"[{etype.name}__documents]"
+        written = 0
+        try:
+            self._documents(etype, create=True)
+            for document in documents:
+                self._drop_document(etype, document.id)
+                base = document_key(document.at)
+                taken = self.conn.execute(
+                    f"SELECT max(key) FROM {docs} WHERE key BETWEEN ? AND ?", (base, base + 1023)
+                ).fetchone()[0]
+                key = document_key(document.at, 0 if taken is None else taken - base + 1)
+                at = self.converter.unstructure(document.at)
+                self.conn.execute(
+                    f"INSERT INTO {docs} (key, entity_id, at) VALUES (?, ?, ?)",
+                    (key, document.id, at),
+                )
+                self.conn.execute(
+                    f"INSERT INTO [{etype.name}__documents_fts] (rowid, text) VALUES (?, ?)",
+                    (key, document.text),
+                )
+                written += 1
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot index {etype.name}") from exc
+        return written
+
+    def _drop_document(self, etype: EntityType, entity_id: str) -> bool:
+        docs = f"[{etype.name}__documents]"
+        row = self.conn.execute(f"SELECT key FROM {docs} WHERE entity_id = ?", (entity_id,))
+        found = row.fetchone()
+        if found is None:
+            return False
+        self.conn.execute(f"DELETE FROM [{etype.name}__documents_fts] WHERE rowid = ?", found)
+        self.conn.execute(f"DELETE FROM {docs} WHERE key = ?", found)
+        return True
+
+    def delete_documents(self, cls: type[Any], ids: Iterable[str]) -> int:
+        etype = self.tables.of(cls)
+        if not self._documents(etype, create=False):
+            return 0
+        try:
+            return sum(self._drop_document(etype, i) for i in ids)
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot delete {etype.name} documents") from exc
+
+    def document_dates(self, cls: type[Any], ids: Iterable[str]) -> dict[str, datetime]:
+        etype = self.tables.of(cls)
+        wanted = list(dict.fromkeys(ids))
+        if not wanted or not self._documents(etype, create=False):
+            return {}
+        found: dict[str, datetime] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self.conn.execute(
+                f"SELECT entity_id, at FROM [{etype.name}__documents] "
+                f"WHERE entity_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for entity_id, at in rows:
+                found[entity_id] = datetime.fromisoformat(at)
+        return found
+
+    def newest_document(self, cls: type[Any]) -> datetime | None:
+        etype = self.tables.of(cls)
+        if not self._documents(etype, create=False):
+            return None
+        row = self.conn.execute(
+            f"SELECT at FROM [{etype.name}__documents] ORDER BY key DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
+
+    def search_documents(
+        self,
+        cls: type[T],
+        text: str,
+        where: Where | None = None,
+        *,
+        by: str = "date",
+        after: str | None = None,
+        limit: int = 50,
+        window: int = RELEVANCE_WINDOW,
+    ) -> Page[T]:
+        etype = self.tables.of(cls)
+        check_document_order(by)
+        if limit < 1 or window < 1:
+            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        words = search_words(text)
+        clauses, params = self._where(etype, where)
+        if not words or not self._documents(etype, create=False):
+            return Page((), None)
+        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        table, fts = f"[{etype.name}]", f"[{etype.name}__documents_fts]"
+        # CROSS JOIN fixes the join order: the FTS index drives, newest key first.
+        hits = (
+            f"FROM {fts} CROSS JOIN [{etype.name}__documents] AS d ON d.key = {fts}.rowid "
+            f"CROSS JOIN {table} ON {table}.id = d.entity_id WHERE {fts} MATCH ?"
+            + "".join(f" AND {c}" for c in clauses)
+        )
+        cursor = read_document_cursor(after, by)
+        if by == "date":
+            sql = f"SELECT {table}.*, {fts}.rowid AS _key, 0.0 AS _score {hits}"
+            if cursor is not None:
+                sql += f" AND {fts}.rowid < ?"
+                params = [*params, cursor[1]]
+            sql += f" ORDER BY {fts}.rowid DESC LIMIT {int(limit) + 1}"
+        else:
+            # Rank only the newest `window` matches: bm25 over every match of a common word
+            # would read its whole posting list.
+            sql = (
+                f"WITH hits AS (SELECT {table}.rowid AS _row, {fts}.rowid AS _key, "
+                f"bm25({fts}) AS _score {hits} ORDER BY {fts}.rowid DESC LIMIT {int(window)}) "
+                f"SELECT {table}.*, hits._key, hits._score FROM hits "
+                f"CROSS JOIN {table} ON {table}.rowid = hits._row"
+            )
+            if cursor is not None:
+                sql += " WHERE (hits._score > ? OR (hits._score = ? AND hits._key < ?))"
+                params = [*params, cursor[0], cursor[0], cursor[1]]
+            sql += f" ORDER BY hits._score, hits._key DESC LIMIT {int(limit) + 1}"
+        try:
+            rows = self.conn.execute(sql, [match, *params]).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot search {etype.name}") from exc
+        items = []
+        last: tuple[float, int] = (0.0, 0)
+        for row in rows[:limit]:
+            values = dict(row)
+            last = (float(values.pop("_score")), int(values.pop("_key")))
+            self._saw(etype, values)
+            items.append(etype.decode(self.converter, values))
+        more = len(rows) > limit
+        return Page(tuple(items), make_document_cursor(by, *last) if more else None)
 
 
 class SQLiteStorage:
