@@ -870,6 +870,87 @@ class HelpDesk:
         back-off. Call it from the host's worker loop, as `deliver`. See jivocore/scheduler.py."""
         return scheduler.run_due(self, limit=limit)
 
+    # --- channels ----------------------------------------------------------------------------
+
+    def start_channels(self) -> None:
+        """Start the channel adapters (their servers, connections) with the host: each channel
+        that has ``start(desk)``, in registration order. Pair with `stop_channels`."""
+        started: list[Channel] = []
+        for name, channel in self.channels.items():
+            start = getattr(channel, "start", None)
+            if not callable(start):
+                continue
+            try:
+                start(self)
+            except Exception as exc:
+                for other in reversed(started):
+                    self._stop_channel(other)
+                raise ConfigurationError(
+                    f"channel {name!r} failed to start: {type(exc).__name__}: {exc}", channel=name
+                ) from exc
+            started.append(channel)
+
+    def stop_channels(self) -> None:
+        """Stop the channel adapters: each stops taking inbound messages and finishes the ones in
+        flight. Replies not yet sent stay in the outbox for the next `deliver`."""
+        for channel in reversed(list(self.channels.values())):
+            self._stop_channel(channel)
+
+    @staticmethod
+    def _stop_channel(channel: Channel) -> None:
+        stop = getattr(channel, "stop", None)
+        if not callable(stop):
+            return
+        try:
+            stop()
+        except Exception:
+            log.exception(
+                "channel %r failed to stop; the other channels were stopped", channel.name
+            )
+
+    def client_gone(self, channel: str, external_client_id: str) -> Conversation | None:
+        """A channel reports that the client (by their id on it) left: their conversation still
+        waiting in the inbox closes as missed, and is returned. An accepted one is the
+        operator's to close, so it stays open (None is returned), as when there is none."""
+        with self.reading() as tx:
+            identity = next(
+                tx.select(ClientIdentity, {"channel": channel, "external_id": external_client_id}),
+                None,
+            )
+            waiting = identity and next(
+                tx.select(
+                    Conversation,
+                    {"client_id": identity.client_id, "channel": channel, "state": State.INBOX},
+                    limit=1,
+                ),
+                None,
+            )
+        if not waiting:
+            return None
+        try:
+            return self.client_left(waiting.id)
+        except InvalidTransition:
+            return None  # accepted (or gone) meanwhile
+
+    def delivery(self, message_id: str) -> Delivery:
+        """Where an operator's message is on its way out: its `Delivery`, whose ``status`` is
+        pending, sent or dead (with ``attempts`` and the last ``error``). NotFoundError for a
+        message that has none (a client's)."""
+        with self.reading() as tx:
+            return outbox.get(tx, message_id)
+
+    def deliveries(
+        self, where: Where | None = None, *, after: str | None = None, limit: int = 50
+    ) -> Page[Delivery]:
+        """A page of deliveries, oldest first: ``{"status": "dead"}`` is the dead letters,
+        ``{"conversation_id": id}`` a conversation's."""
+        return outbox.page(self, where, after=after, limit=limit)
+
+    def retry_delivery(self, message_id: str, operator_id: str) -> Delivery:
+        """Send a dead delivery again: it is pending, due now, with a fresh count of attempts.
+        InvalidTransition unless it is dead; ClientBlocked while its client is blocked."""
+        return outbox.retry(self, message_id, operator_id)
+
     # --- the outbox --------------------------------------------------------------------------
 
     def deliver(self, *, limit: int = 100) -> int:
