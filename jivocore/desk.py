@@ -17,6 +17,7 @@ import attrs
 import cattrs
 import pluggy
 
+from . import archive as archive_queries
 from . import outbox, scheduler
 from .channels import Channel
 from .clock import Clock, SystemClock
@@ -32,6 +33,7 @@ from .entities import (
     Kind,
     Message,
     Operator,
+    Outcome,
     Presence,
     Role,
     State,
@@ -49,7 +51,20 @@ from .errors import (
 from .ids import new_id
 from .lifecycle import OPEN, Act, rule_for, start, transition
 from .plugins import collect, implementations, make_plugin_manager
-from .storage import EntityType, HasAny, In, Page, Range, Storage, Transaction, Unique, Where
+from .statistics import ConversationStatistics, Report
+from .statistics import statistics as conversation_statistics
+from .storage import (
+    RELEVANCE_WINDOW,
+    EntityType,
+    HasAny,
+    In,
+    Page,
+    Range,
+    Storage,
+    Transaction,
+    Unique,
+    Where,
+)
 
 log = logging.getLogger("jivocore")
 T = TypeVar("T")
@@ -829,16 +844,61 @@ class HelpDesk:
         *,
         after: str | None = None,
         limit: int = 50,
+        text: str | None = None,
+        by: str = "date",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        operator: str | None = None,
+        channel: str | Iterable[str] | None = None,
+        kind: Kind | str | Iterable[Kind | str] | None = None,
+        outcome: Outcome | str | Iterable[Outcome | str] | None = None,
+        tags: Iterable[str] = (),
+        client_id: str | None = None,
+        blocked: bool = False,
+        window: int = RELEVANCE_WINDOW,
     ) -> Page[Conversation]:
         """Closed conversations, newest closed first. With `operator_id`, only those the operator
-        may see: the ones they took part in, or all for managers and operators who see all."""
-        query: dict[str, Any] = {**(where or {}), "state": State.CLOSED}
+        may see: the ones they took part in, or all for managers and operators who see all.
+
+        `text` searches the transcripts (every word; docs/archive.md gives the rules) of the
+        conversations indexed so far (see `index_archive`), newest first or, with
+        ``by="relevance"``, best first among the newest `window` matches. Filters: closed in
+        ``[since, until)``, `operator` took part, `channel`, `kind`, `outcome` (a value or
+        several), every one of `tags`, `client_id`, and `blocked` (the client is blocked now).
+        Pass the page's `next` as `after` for the following page, with the same arguments."""
         with self.reading() as tx:
+            viewer = None
             if operator_id is not None:
-                operator = tx.get(Operator, operator_id)
-                if not (operator.is_manager or operator.sees_all):
-                    query["involved"] = HasAny({operator_id})
-            return tx.page(Conversation, query, order=("-closed",), after=after, limit=limit)
+                seer = tx.get(Operator, operator_id)
+                if not (seer.is_manager or seer.sees_all):
+                    viewer = operator_id
+            query = archive_queries.archive_filter(
+                tx,
+                now=self.clock.now(),
+                where=where,
+                viewer=viewer,
+                since=since,
+                until=until,
+                operator=operator,
+                channel=channel,
+                kind=kind,
+                outcome=outcome,
+                tags=tags,
+                client_id=client_id,
+                blocked=blocked,
+            )
+            if text is None:
+                if by != "date":
+                    raise ValidationError("only a text search can be ordered by relevance")
+                if query is None:
+                    return Page((), None)
+                return tx.page(Conversation, query, order=("-closed",), after=after, limit=limit)
+            docs = archive_queries.documents(tx)
+            if query is None:
+                return Page((), None)
+            return docs.search_documents(
+                Conversation, text, query, by=by, after=after, limit=limit, window=window
+            )
 
     def messages(
         self, conversation_id: str, *, after_seq: int = 0, limit: int | None = None
@@ -861,6 +921,73 @@ class HelpDesk:
         """The event log, oldest first."""
         with self.reading() as tx:
             return tx.page(Event, where, order=("id",), after=after, limit=limit)
+
+    # --- the archive -------------------------------------------------------------------------
+
+    def index_archive(self, *, limit: int = 500) -> int:
+        """Index the transcripts of closed conversations for `archive(text=...)`: those closed
+        (or closed again after a reopen) since the last pass, oldest first, up to `limit` in
+        one transaction; returns how many. Call it from the host's worker loop, as `deliver`;
+        on an existing database, until it returns 0 (the backfill)."""
+        return self.run(lambda work: archive_queries.index_pending(work.tx, limit=limit))
+
+    def statistics(
+        self, conversation_id: str, *, operator_id: str | None = None
+    ) -> ConversationStatistics:
+        """The conversation's figures, episode by episode, from its event log (see
+        jivocore.statistics). With `operator_id`, PermissionDenied unless they may see it."""
+        with self.reading() as tx:
+            conversation = tx.get(Conversation, conversation_id)
+            if operator_id is not None:
+                seer = tx.get(Operator, operator_id)
+                if not (seer.is_manager or seer.sees_all or seer.id in conversation.involved):
+                    raise PermissionDenied(
+                        f"{seer.name} ({seer.id}) may not see conversation {conversation_id}",
+                        operator_id=operator_id,
+                        conversation_id=conversation_id,
+                    )
+            events = tx.select(Event, {"conversation_id": conversation_id}, order=("id",))
+            return conversation_statistics(conversation, events)
+
+    def report(self, since: datetime, until: datetime) -> Report:
+        """The report over the episodes that began in ``[since, until)``, overall and per
+        operator (see jivocore.statistics.Report); the log is streamed, never loaded whole."""
+        if since.utcoffset() is None or until.utcoffset() is None:
+            raise ValidationError("a report's period is given in timezone-aware datetimes")
+        if until <= since:
+            raise ValidationError(f"a report's period ends after it begins, not {since}..{until}")
+        report = Report(since=since, until=until)
+        with self.reading() as tx:
+            for stats in archive_queries.period_statistics(tx, since, until):
+                report.add(stats)
+        return report
+
+    def rate(self, conversation_id: str, rating: int, *, comment: str = "") -> Event:
+        """The client rates the conversation's current episode (1 worst .. 5 best), once it
+        was accepted; a later rating of the same episode replaces theirs in the statistics."""
+        if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+            raise ValidationError(f"a rating is a whole number from 1 to 5, not {rating!r}")
+        if len(comment) > int(self.settings["max_message_chars"]):
+            raise ValidationError("the rating's comment is too long")
+
+        def change(work: Work) -> Event:
+            conversation = work.tx.get(Conversation, conversation_id)
+            if conversation.accepted is None:
+                raise InvalidTransition(
+                    f"conversation {conversation_id} was never accepted: nothing to rate",
+                    conversation_id=conversation_id,
+                    state=conversation.state,
+                    command="rate",
+                )
+            return work.record(
+                "rated",
+                conversation=conversation,
+                episode=conversation.episode,
+                rating=rating,
+                comment=comment,
+            )
+
+        return self.run(change)
 
     # --- the scheduler -----------------------------------------------------------------------
 

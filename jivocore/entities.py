@@ -96,6 +96,10 @@ class Client:
     custom: dict[str, str] = attrs.field(factory=dict)
     block: Block | None = None
     created: datetime = attrs.field(validator=_utc)
+    # Kept by CRM plugins in the same transaction as the deals and tasks they summarise, so
+    # client filters answer "has open deals" / "has tasks due" from an index, without joins.
+    open_deals: int = 0  # how many of the client's deals are open
+    next_task_due: datetime | None = attrs.field(default=None, validator=_utc)  # earliest undone
 
     def blocked(self, now: datetime) -> bool:
         return self.block is not None and self.block.active(now)
