@@ -74,8 +74,9 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
     EntityType(
         name="clients",
         cls=Client,
-        indexes=(("responsible_id",), ("status",)),
+        indexes=(("responsible_id",), ("status",), ("open_deals",), ("next_task_due",)),
         members=("involved", "tags"),
+        searchable=("name", "emails", "phones"),
     ),
     EntityType(
         name="client_identities",
