@@ -25,6 +25,7 @@ from .entities import Conversation, Event, Kind, Outcome
 
 __all__ = [
     "CALL_MISSED",
+    "COLUMNS",
     "ConversationStatistics",
     "EpisodeStatistics",
     "Figures",

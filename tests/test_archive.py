@@ -341,3 +341,39 @@ def test_archive_without_text_is_as_before(clock: FakeClock) -> None:
         assert [c.id for c in d.archive(ann, {"channel": "web"}, limit=1).items] == [ids[2]]
         since: datetime = d.conversation(ids[1]).closed  # type: ignore[assignment]
         assert [c.id for c in d.archive(since=since).items] == ids[:0:-1]
+
+
+def test_the_command_line_searches_and_reports(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    import jivocore_archive
+    from jivocore.cli import make_cli
+
+    database = str(tmp_path / "desk.db")
+    clock = FakeClock()
+    with HelpDesk.open(database, clock=clock, plugins=[channel_plugin(RecordingChannel())]) as d:
+        ann = d.add_operator("=cmd|calc", presence="online").id
+        cid = d.receive("web", "v1", "I want a refund").conversation_id
+        d.accept(cid, ann)
+        d.reply(cid, ann, "done")
+        d.close(cid, ann)
+    cli = make_cli([jivocore_archive], entry_points=False)
+    runner = CliRunner()
+    indexed = runner.invoke(cli, ["--db", database, "archive", "index"])
+    assert indexed.exit_code == 0, indexed.output
+    assert "indexed 1 conversations" in indexed.output
+    found = runner.invoke(cli, ["--db", database, "archive", "search", "refund", "--as", ann])
+    assert found.exit_code == 0, found.output
+    assert cid in found.output
+    none = runner.invoke(cli, ["--db", database, "archive", "search", "refund", "--kind", "call"])
+    assert none.exit_code == 0 and cid not in none.output
+    since, until = "2026-01-01", "2026-02-01"
+    out = runner.invoke(cli, ["--db", database, "report", "--since", since, "--until", until])
+    assert out.exit_code == 0 and "chats_accepted=1" in out.output
+    exported = runner.invoke(
+        cli, ["--db", database, "report", "--since", since, "--until", until, "--csv", "-"]
+    )
+    assert exported.exit_code == 0
+    assert "'=cmd|calc" in exported.output and "\n=cmd" not in exported.output
+    bad = runner.invoke(cli, ["--db", database, "report", "--since", "x", "--until", until])
+    assert bad.exit_code != 0
