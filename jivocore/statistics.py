@@ -192,7 +192,7 @@ def statistics(conversation: Conversation, events: Iterable[Event]) -> Conversat
             current.ended, current.outcome = event.at, _ENDINGS[kind]
         elif kind == CALL_MISSED:
             current.call_missed = True
-        elif kind != "joined":
+        elif kind not in ("joined", "invited"):
             continue
         if kind in ("accepted", "replied", "joined") and actor:
             current.operators.add(actor)
