@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from .entities import Conversation, Ignore, Kind, Operator, Outcome, State
-from .errors import InvalidTransition, PermissionDenied
+from .errors import ClientBlocked, InvalidTransition, PermissionDenied
 
 
 @attrs.frozen(kw_only=True)
@@ -25,6 +25,8 @@ class Act:
     colleague: Operator | None = None  # the target of transfer and invite
     actor_load: int = 0  # active conversations the actor owns now (capacity)
     cooldown: timedelta = timedelta(seconds=60)  # how long an ignore hides a conversation
+    client_blocked: bool = False  # the conversation's client is blocked now
+    other_open: str | None = None  # another open conversation of the client on the channel
     name_of: Callable[[str], str] = str  # operator id -> how errors name them
 
 
@@ -114,6 +116,29 @@ def _colleague(act: Act) -> Operator:
     if act.colleague is None:
         raise PermissionDenied(f"{act.command} needs a colleague", command=act.command)
     return act.colleague
+
+
+def client_not_blocked(conversation: Conversation, act: Act) -> None:
+    """The client is not blocked."""
+    if act.client_blocked:
+        raise ClientBlocked(
+            f"the client of conversation {conversation.id} is blocked: unblock them to reopen it",
+            client_id=conversation.client_id,
+            conversation_id=conversation.id,
+        )
+
+
+def no_other_open(conversation: Conversation, act: Act) -> None:
+    """The client has no other open conversation on the channel (one at a time)."""
+    if act.other_open is not None:
+        raise InvalidTransition(
+            f"the client already has conversation {act.other_open} open on "
+            f"{conversation.channel}: join that one instead",
+            conversation_id=conversation.id,
+            state=conversation.state,
+            command=act.command,
+            open_id=act.other_open,
+        )
 
 
 def colleague_online(conversation: Conversation, act: Act) -> None:
@@ -368,10 +393,11 @@ RULES: tuple[Rule, ...] = (
         sources=(State.CLOSED,),
         target=State.ACTIVE,
         who="operator who may see it",
-        guards=(can_see,),
+        guards=(can_see, client_not_blocked, no_other_open),
         effect=_reopen,
         event="joined",
-        summary="owner = the operator; a new episode begins",
+        summary="owner = the operator; a new episode begins (not for a blocked client, nor while "
+        "the client has another conversation open on the channel)",
     ),
     Rule(
         command="join",

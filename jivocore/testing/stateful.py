@@ -200,6 +200,7 @@ class HelpDeskModel:
 
     def _text(self, text: str) -> None:
         self.require(bool(text.strip()), ValidationError, "a message needs some text")
+        self.require("\x00" not in text, ValidationError, "NUL in the message")
         self.require(len(text) <= self.max_chars, ValidationError, "the message is too long")
 
     def _online(self, operator: ModelOperator, what: str) -> None:
@@ -270,6 +271,7 @@ class HelpDeskModel:
 
     def check_add_operator(self, name: str, capacity: int | None) -> None:
         self.require(bool(name.strip()), ValidationError, "an operator needs a name")
+        self.require("\x00" not in name, ValidationError, "NUL in the name")
         self.require(capacity is None or capacity >= 0, ValidationError, "negative capacity")
 
     def add_operator(self, operator: ModelOperator) -> ModelOperator:
@@ -285,11 +287,20 @@ class HelpDeskModel:
     # -- the lifecycle ----------------------------------------------------------------------
 
     def check_receive(
-        self, channel: str, external_id: str, text: str, message_id: str | None, now: datetime
+        self,
+        channel: str,
+        external_id: str,
+        text: str,
+        message_id: str | None,
+        now: datetime,
+        name: str | None = None,
     ) -> ModelMessage | None:
         """Refused, or the stored message a redelivery gives back, or None: a new message."""
         self.require(channel == CHANNEL, ValidationError, f"no channel {channel!r}")
         self.require(bool(external_id), ValidationError, "no client id")
+        self.require("\x00" not in external_id, ValidationError, "NUL in the client id")
+        self.require("\x00" not in (message_id or ""), ValidationError, "NUL in the message id")
+        self.require("\x00" not in (name or ""), ValidationError, "NUL in the client's name")
         self._text(text)
         if message_id is not None and message_id in self.by_message_id:
             return self.by_message_id[message_id]
@@ -632,12 +643,12 @@ class Observed:
 
 # --- the machine ---------------------------------------------------------------------------------
 
-names = st.sampled_from(["Ann", "Bob", "Cy", "Dee"]) | texts(max_size=4)
+names = st.sampled_from(["Ann", "Bob", "Cy", "Dee"]) | texts(max_size=4, nul=True)
 presences = st.sampled_from(["online", "online", "online", "away", "offline"])
 roles = st.sampled_from(["operator", "operator", "operator", "manager", "admin"])
-visitors = st.sampled_from(["v1", "v2", "v3", "v4"]) | texts(max_size=3)
+visitors = st.sampled_from(["v1", "v2", "v3", "v4"]) | texts(max_size=3, nul=True)
 message_ids = st.none() | st.sampled_from(["m1", "m2", "m3", "m4", "m5"])
-words = st.sampled_from(["hello", "any news?", "thanks"]) | texts(max_size=20)
+words = st.sampled_from(["hello", "any news?", "thanks"]) | texts(max_size=20, nul=True)
 pauses = st.sampled_from([0.001, 1, 30, 59.999, 60, 61, 600, 3600, 86_400, 90_000]) | st.floats(
     min_value=0, max_value=120
 )
@@ -872,7 +883,7 @@ class HelpDeskMachine(RuleBasedStateMachine):
         opened = set(self.model.conversations)
         done = self.step(
             "receive",
-            lambda: self.model.check_receive(channel, visitor, text, message_id, now),
+            lambda: self.model.check_receive(channel, visitor, text, message_id, now, name),
             lambda: self.desk.receive(
                 channel, visitor, text, message_id=message_id, name=name, kind=kind
             ),
@@ -1045,7 +1056,12 @@ class HelpDeskMachine(RuleBasedStateMachine):
         expected = self.model.deliver()
         assert sent == len(expected), f"deliver sent {sent}, the model expects {len(expected)}"
         out = self.channel.sent[before:]
-        assert [o.message.id for o in out] == expected
+        # The same replies go out, and each conversation's in the order they were written;
+        # the outbox promises no order between conversations.
+        assert sorted(o.message.id for o in out) == sorted(expected)
+        for conversation_id in {o.message.conversation_id for o in out}:
+            mine = [o.message.id for o in out if o.message.conversation_id == conversation_id]
+            assert mine == [m for m in expected if m in mine], f"out of order in {conversation_id}"
         for outbound in out:
             conversation = self.model.conversations[outbound.message.conversation_id]
             assert outbound.client.id == conversation.client_id
