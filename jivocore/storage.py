@@ -192,8 +192,16 @@ class EntityType:
         """The entity as column values: scalars as they are, the rest as JSON text."""
         data: dict[str, Any] = converter.unstructure(entity)
         for name, column in self.columns.items():
+            value = data[name]
             if column is Column.JSON:
-                data[name] = _to_json(data[name])
+                data[name] = _to_json(value)
+            elif column is Column.TEXT and value is not None and "\x00" in value:
+                # PostgreSQL cannot store it; refused everywhere, so backends agree.
+                raise ValidationError(
+                    f"{self.cls.__name__}.{name} contains a NUL character (0x00)",
+                    entity=self.name,
+                    field=name,
+                )
         return data
 
     def decode(self, converter: cattrs.Converter, row: Mapping[str, Any]) -> Any:
