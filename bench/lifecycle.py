@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import jivocore_sqlite
 from jivocore import HelpDesk, hookimpl
 from jivocore.testing import RecordingChannel, channel_plugin
 
@@ -46,9 +47,13 @@ LISTENERS = 10
 
 
 def open_desk(path: str, *plugins: object) -> HelpDesk:
-    """A desk on `path` with the installed plugins (jivocore_sqlite), a web channel and
-    `plugins`, default settings."""
-    return HelpDesk.open(path, plugins=[channel_plugin(RecordingChannel(CHANNEL)), *plugins])
+    """A desk on `path`: the core with jivocore_sqlite, a web channel and `plugins`, default
+    settings. Composed explicitly, so installed CRM or channel plugins do not change what the
+    engine is measured on."""
+    return HelpDesk(
+        plugins=[jivocore_sqlite, channel_plugin(RecordingChannel(CHANNEL)), *plugins],
+        settings={"database": path},
+    )
 
 
 def prepare(path: str) -> str:
@@ -146,9 +151,15 @@ class RawDesk:
             client_id = self._id()
             conn.execute(
                 "INSERT INTO clients (id, version, name, emails, phones, status, "
-                "responsible_id, custom, block, created) "
-                "VALUES (?, 1, '', '[]', '[]', 'new', NULL, '{}', 'null', ?)",
+                "responsible_id, involved, tags, custom, block, created, open_deals, "
+                "next_task_due) "
+                "VALUES (?, 1, '', '[]', '[]', 'new', NULL, '[]', '[]', '{}', 'null', ?, 0, NULL)",
                 (client_id, now),
+            )
+            # Clients are searchable by name, emails and phones.
+            conn.execute(
+                "INSERT INTO clients_fts (rowid, name, emails, phones) "
+                "VALUES (last_insert_rowid(), '', '[]', '[]')"
             )
             conn.execute(
                 "INSERT INTO client_identities (id, version, channel, external_id, client_id, "
@@ -241,10 +252,15 @@ class RawDesk:
             "SELECT responsible_id, version FROM clients WHERE id = ?", (client_id,)
         ).fetchone()
         if responsible_id is None:
+            # The operator becomes responsible, and one who may see the client (involved).
             conn.execute(
-                "UPDATE clients SET responsible_id = ?, version = version + 1 "
+                "UPDATE clients SET responsible_id = ?, involved = ?, version = version + 1 "
                 "WHERE id = ? AND version = ?",
-                (operator_id, client_id, client_version),
+                (operator_id, f'["{operator_id}"]', client_id, client_version),
+            )
+            conn.execute(
+                "INSERT INTO clients__involved (entity_id, value) VALUES (?, ?)",
+                (client_id, operator_id),
             )
             self._event(
                 "responsible_set",

@@ -4,31 +4,24 @@ which the same aiosmtpd server merely accepts and discards them, in the same run
 Each round sends the same prebuilt emails with smtplib over one SMTP connection, first to one
 side then the other (the order alternates between rounds); every figure is a median of rounds.
 
-    python bench/email.py                      # 300 emails x 5 rounds
-    python bench/email.py --emails 1000 --rounds 7
+    python bench/smtp_inbound.py                      # 300 emails x 5 rounds
+    python bench/smtp_inbound.py --emails 1000 --rounds 7
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import smtplib
+import statistics
 import sys
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
-# Run as a script, this file's folder leads sys.path and "email" would be this file, not the
-# standard library's package: drop the folder before anything imports email.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-
-import argparse  # noqa: E402
-import smtplib  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from email.message import EmailMessage  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from jivocore import HelpDesk, Message  # noqa: E402
-from jivocore_email import EmailChannel, SMTPServer  # noqa: E402
+from jivocore import HelpDesk, Message
+from jivocore_email import EmailChannel, SMTPServer
 
 DESK = "support@desk.test"
 

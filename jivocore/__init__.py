@@ -1,9 +1,10 @@
 """jivocore: an embeddable help-desk engine. Conversations move inbox -> active -> closed;
 plugins provide storage, channels and CRM extensions."""
 
-from .channels import Channel, Outbound
+from .channels import Channel, DeliveryStatus, Outbound
 from .clock import Clock, FakeClock, SystemClock
 from .convert import make_converter
+from .csvsafe import neutralise, safe_row
 from .desk import CORE_ENTITY_TYPES, DEFAULT_SETTINGS, HelpDesk, Work
 from .entities import (
     Author,
@@ -32,13 +33,25 @@ from .errors import (
     PermissionDenied,
     PluginError,
     StorageError,
+    Undeliverable,
     ValidationError,
     Vetoed,
 )
 from .ids import new_id
 from .plugins import hookimpl, make_plugin_manager
+from .scheduler import Timer, TimerHandler, cancel, schedule
+from .statistics import (
+    REPORT_COLUMNS,
+    ConversationStatistics,
+    EpisodeStatistics,
+    Report,
+    write_report_csv,
+)
 from .storage import (
+    RELEVANCE_WINDOW,
     Column,
+    Document,
+    DocumentSearch,
     EntityType,
     HasAll,
     HasAny,
@@ -50,14 +63,21 @@ from .storage import (
     Transaction,
     Unique,
     Where,
+    check_document_order,
+    document_key,
     make_cursor,
+    make_document_cursor,
     parse_order,
     read_cursor,
+    read_document_cursor,
+    search_words,
 )
 
 __all__ = [
     "CORE_ENTITY_TYPES",
     "DEFAULT_SETTINGS",
+    "RELEVANCE_WINDOW",
+    "REPORT_COLUMNS",
     "Author",
     "Block",
     "Channel",
@@ -69,8 +89,13 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "Conversation",
+    "ConversationStatistics",
     "Delivery",
+    "DeliveryStatus",
+    "Document",
+    "DocumentSearch",
     "EntityType",
+    "EpisodeStatistics",
     "Event",
     "FakeClock",
     "HasAll",
@@ -92,22 +117,36 @@ __all__ = [
     "PluginError",
     "Presence",
     "Range",
+    "Report",
     "Role",
     "State",
     "Storage",
     "StorageError",
     "SystemClock",
+    "Timer",
+    "TimerHandler",
     "Transaction",
+    "Undeliverable",
     "Unique",
     "ValidationError",
     "Vetoed",
     "Where",
     "Work",
+    "cancel",
+    "check_document_order",
+    "document_key",
     "hookimpl",
     "make_converter",
     "make_cursor",
+    "make_document_cursor",
     "make_plugin_manager",
+    "neutralise",
     "new_id",
     "parse_order",
     "read_cursor",
+    "read_document_cursor",
+    "safe_row",
+    "schedule",
+    "search_words",
+    "write_report_csv",
 ]

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from .entities import Client, ClientIdentity, Conversation, Message
-from .errors import JivoError
+from .errors import Undeliverable
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -36,10 +36,6 @@ class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"  # waiting, being sent, or backing off after a failure
     SENT = "sent"  # the channel took it
     DEAD = "dead"  # the last attempt failed, or a retry could not help; retried only by hand
-
-
-class Undeliverable(JivoError):
-    """The channel can never send this message (no such address, refused for good): no retry."""
 
 
 @attrs.frozen(kw_only=True)

@@ -98,7 +98,11 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
         unique=(("conversation_id", "seq"), ("channel", "external_id")),
     ),
     EntityType(name="events", cls=Event, indexes=(("conversation_id",), ("type", "at"))),
-    EntityType(name="deliveries", cls=Delivery, indexes=(("status", "due"),)),
+    EntityType(
+        name="deliveries",
+        cls=Delivery,
+        indexes=(("status", "due"), ("message_id",), ("conversation_id", "status")),
+    ),
     EntityType(
         name="timers", cls=scheduler.Timer, unique=(("kind", "key"),), indexes=(("run_at",),)
     ),
@@ -112,7 +116,14 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "delivery_attempts": 8,  # then a delivery is dead
     "delivery_backoff": 5.0,  # seconds before the first retry; doubles with each attempt
     "delivery_lease": 60.0,  # seconds a worker has to send a delivery it claimed
+    "timer_lease": 60.0,  # seconds a worker has to run a timer it claimed
+    "timer_backoff": 5.0,  # seconds before a failed timer runs again; doubles per attempt
+    "timer_backoff_max": 3600.0,  # the longest wait between two attempts
 }
+
+
+# The commands that can bring an operator to a client: they update the client's `involved`.
+_BRING_OPERATORS = frozenset({"accept", "transfer", "invite", "join"})
 
 
 class _Default(enum.Enum):
@@ -126,6 +137,13 @@ _ATTEMPTS = 5
 
 
 E = TypeVar("E", bound=enum.Enum)
+
+
+def _check_no_nul(value: str | None, what: str) -> None:
+    """NUL characters are refused at the edge: PostgreSQL cannot store them, and nothing a
+    person typed contains one."""
+    if value is not None and "\x00" in value:
+        raise ValidationError(f"{what} contains a NUL character (0x00)", field=what)
 
 
 def _choice(cls: type[E], value: object, what: str) -> E:
@@ -212,6 +230,7 @@ class HelpDesk:
         self.channels: Mapping[str, Channel] = self._collect_channels()
         self._vetoes = implementations(self.pm, "jivocore_veto_transition")
         self._listeners = implementations(self.pm, "jivocore_events_committed")
+        self.timer_handlers = scheduler.handlers(self)
         self.storage: Storage = self._get_storage()
         self.storage.setup(tuple(self.entity_types.values()), self.converter)
 
@@ -347,6 +366,23 @@ class HelpDesk:
         load = 0
         if command == "accept" and actor is not None and actor.capacity is not None:
             load = work.tx.count(Conversation, {"state": State.ACTIVE, "owner_id": actor.id})
+        blocked, other_open = False, None
+        if command == "join" and conversation.state is State.CLOSED:
+            # Reopening: the client must be allowed to write, and have no other open one.
+            blocked = work.tx.get(Client, conversation.client_id).blocked(work.now)
+            other = next(
+                work.tx.select(
+                    Conversation,
+                    {
+                        "client_id": conversation.client_id,
+                        "channel": conversation.channel,
+                        "state": In(OPEN),
+                    },
+                    limit=1,
+                ),
+                None,
+            )
+            other_open = other.id if other else None
         act = Act(
             command=command,
             now=work.now,
@@ -354,6 +390,8 @@ class HelpDesk:
             colleague=colleague,
             actor_load=load,
             cooldown=timedelta(seconds=float(self.settings["ignore_cooldown"])),
+            client_blocked=blocked,
+            other_open=other_open,
             name_of=work.name_of,
         )
         after = transition(conversation, act)
@@ -378,6 +416,8 @@ class HelpDesk:
             actor = work.operator(operator_id)
             colleague = work.operator(colleague_id) if colleague_id is not None else None
             saved = self._act(work, conversation, command, actor, colleague)
+            if command not in _BRING_OPERATORS:
+                return saved
             client = work.tx.get(Client, saved.client_id)
             edited = attrs.evolve(client, involved=client.involved | saved.involved)
             if command == "accept" and client.responsible_id is None:
@@ -416,6 +456,9 @@ class HelpDesk:
             )
         if not external_client_id:
             raise ValidationError("a message needs the client's id on the channel")
+        _check_no_nul(external_client_id, "the client's id on the channel")
+        _check_no_nul(message_id, "the message id")
+        _check_no_nul(name, "the client's name")
         self._check_text(text)
         kind = _choice(Kind, kind, "kind")
 
@@ -637,6 +680,7 @@ class HelpDesk:
     def _check_text(self, text: str) -> None:
         if not isinstance(text, str) or not text.strip():
             raise ValidationError("a message needs some text")
+        _check_no_nul(text, "the message")
         limit = int(self.settings["max_message_chars"])
         if len(text) > limit:
             raise ValidationError(

@@ -44,6 +44,10 @@ class Vetoed(JivoError):
     """A plugin refused the command."""
 
 
+class Undeliverable(JivoError):
+    """A channel can never send this message (no such address, refused for good): no retry."""
+
+
 class StorageError(JivoError):
     """The storage backend failed; `retriable` says whether trying again may succeed."""
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .channels import DeliveryStatus, Outbound, Undeliverable
+from .channels import DeliveryStatus, Outbound
 from .entities import Client, ClientIdentity, Conversation, Delivery, Message
-from .errors import ClientBlocked, ConflictError, InvalidTransition, NotFoundError
+from .errors import ClientBlocked, ConflictError, InvalidTransition, NotFoundError, Undeliverable
 from .storage import Page, Range, Transaction, Where
 
 if TYPE_CHECKING:

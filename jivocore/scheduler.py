@@ -18,7 +18,6 @@ This module is public (as `jivocore.cli` is): plugins import `Timer`, `schedule`
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,13 +34,6 @@ if TYPE_CHECKING:
     from .desk import HelpDesk, Work
 
 log = logging.getLogger("jivocore.scheduler")
-
-# Settings the scheduler reads from the desk's settings, with these defaults.
-SETTINGS: Mapping[str, float] = {
-    "timer_lease": 60.0,  # seconds a worker has to run a timer it claimed
-    "timer_backoff": 5.0,  # seconds before a failed timer runs again; doubles per attempt
-    "timer_backoff_max": 3600.0,  # the longest wait between two attempts
-}
 
 TimerHandler = Callable[["HelpDesk", "Timer"], None]
 """What runs a timer: ``handler(desk, timer)``. It runs outside any transaction and changes
@@ -115,19 +107,12 @@ def _find(work: Work, kind: str, key: str | None) -> Timer | None:
 
 # --- running --------------------------------------------------------------------------------------
 
-_handlers: weakref.WeakKeyDictionary[HelpDesk, dict[str, TimerHandler]] = (
-    weakref.WeakKeyDictionary()
-)
-
 
 def handlers(desk: HelpDesk) -> Mapping[str, TimerHandler]:
-    """The handler of each timer kind the desk's plugins registered, collected once per desk.
-    A kind registered twice, or a handler that is not callable, is a PluginError naming the
-    plugin."""
-    found = _handlers.get(desk)
-    if found is not None:
-        return found
-    found = {}
+    """The handler of each timer kind the desk's plugins registered; the desk collects them at
+    start-up. A kind registered twice, or a handler that is not callable, is a PluginError
+    naming the plugin."""
+    found: dict[str, TimerHandler] = {}
     owners: dict[str, str] = {}
     for impl in implementations(desk.pm, "jivocore_register_timers"):
 
@@ -148,18 +133,17 @@ def handlers(desk: HelpDesk) -> Mapping[str, TimerHandler]:
             found[kind] = handler
 
         impl(register=register)
-    _handlers[desk] = found
     return found
 
 
 def _setting(desk: HelpDesk, name: str) -> float:
-    return float(desk.settings.get(name, SETTINGS[name]))
+    return float(desk.settings[name])
 
 
 def run_due(desk: HelpDesk, *, limit: int = 100) -> int:
     """Run up to `limit` timers that are due, in the order they fell due; returns how many
     ran to completion."""
-    registered = handlers(desk)
+    registered = desk.timer_handlers
     with desk.reading() as tx:
         due = list(
             tx.select(
@@ -231,4 +215,4 @@ def _failed(desk: HelpDesk, claimed: Timer, error: str) -> None:
     desk.run(change)
 
 
-__all__ = ["SETTINGS", "Timer", "TimerHandler", "cancel", "handlers", "run_due", "schedule"]
+__all__ = ["Timer", "TimerHandler", "cancel", "handlers", "run_due", "schedule"]

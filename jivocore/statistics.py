@@ -25,7 +25,7 @@ from .entities import Conversation, Event, Kind, Outcome
 
 __all__ = [
     "CALL_MISSED",
-    "COLUMNS",
+    "REPORT_COLUMNS",
     "ConversationStatistics",
     "EpisodeStatistics",
     "Figures",
@@ -261,7 +261,7 @@ class Figures:
         }
 
 
-COLUMNS = (
+REPORT_COLUMNS = (
     "operator_id",
     "operator",
     "chats",
@@ -357,6 +357,6 @@ def write_report_csv(report: Report, file: IO[str], names: Mapping[str, str] | N
     """Write the report as CSV (header, then `Report.rows`), every cell neutralised against
     formula injection (`jivocore.csvsafe`): operator names are text a person typed."""
     writer = csv.writer(file)
-    writer.writerow(COLUMNS)
+    writer.writerow(REPORT_COLUMNS)
     for row in report.rows(names):
-        writer.writerow(safe_row(row[c] for c in COLUMNS))
+        writer.writerow(safe_row(row[c] for c in REPORT_COLUMNS))

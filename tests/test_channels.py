@@ -14,16 +14,18 @@ from typing import Any
 import pytest
 
 from jivocore import (
+    Channel,
     ClientBlocked,
     ConfigurationError,
+    DeliveryStatus,
     HelpDesk,
     InvalidTransition,
     NotFoundError,
     Outbound,
     Outcome,
     State,
+    Undeliverable,
 )
-from jivocore.channels import Channel, DeliveryStatus, Undeliverable
 from jivocore.testing import FakeClock, RecordingChannel, channel_plugin
 from jivocore.testing.channels import ChannelContract
 

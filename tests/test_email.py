@@ -16,8 +16,7 @@ from typing import Any
 import attrs
 import pytest
 
-from jivocore import ConfigurationError, Conversation, HelpDesk, State
-from jivocore.channels import Channel, DeliveryStatus
+from jivocore import Channel, ConfigurationError, Conversation, DeliveryStatus, HelpDesk, State
 from jivocore.testing import FakeClock
 from jivocore.testing.channels import ChannelContract
 from jivocore_email import Email, EmailChannel, SMTPServer, html_to_text, parse_email

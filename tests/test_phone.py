@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from jivocore import Conversation, HelpDesk, Kind, Outcome, State
-from jivocore.channels import Channel, DeliveryStatus
+from jivocore import Channel, Conversation, DeliveryStatus, HelpDesk, Kind, Outcome, State
 from jivocore.testing import FakeClock
 from jivocore.testing.channels import ChannelContract
 from jivocore_phone import Call, PhoneChannel, sign

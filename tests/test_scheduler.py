@@ -66,20 +66,16 @@ def test_hook_register_timers(tmp_path):
 def test_hook_register_timers_a_kind_registered_twice_is_a_plugin_error(tmp_path):
     first = timers_plugin("jivocore_first", ring=lambda desk, timer: None)
     second = timers_plugin("jivocore_second", ring=lambda desk, timer: None)
-    with open_desk(tmp_path / "desk.db", FakeClock(), first, second) as desk:
-        with pytest.raises(PluginError, match="'ring'") as caught:
-            desk.run_due()
-        assert caught.value.plugin in {"jivocore_first", "jivocore_second"}
-        assert "jivocore_first" in str(caught.value) and "jivocore_second" in str(caught.value)
+    with pytest.raises(PluginError, match="'ring'") as caught:  # at start-up, not at run_due
+        open_desk(tmp_path / "desk.db", FakeClock(), first, second)
+    assert caught.value.plugin in {"jivocore_first", "jivocore_second"}
+    assert "jivocore_first" in str(caught.value) and "jivocore_second" in str(caught.value)
 
 
 def test_hook_register_timers_a_handler_must_be_callable(tmp_path):
     plugin = timers_plugin(ring="not callable")
-    with (
-        open_desk(tmp_path / "desk.db", FakeClock(), plugin) as desk,
-        pytest.raises(PluginError, match="jivocore_alarms"),
-    ):
-        desk.run_due()
+    with pytest.raises(PluginError, match="jivocore_alarms"):
+        open_desk(tmp_path / "desk.db", FakeClock(), plugin)
 
 
 def test_a_timer_commits_with_its_command_or_not_at_all(tmp_path):

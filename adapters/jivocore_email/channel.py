@@ -15,20 +15,21 @@ from email.utils import format_datetime
 from typing import Any
 
 from jivocore import (
+    Channel,
     ClientBlocked,
     ClientIdentity,
     Conversation,
     HelpDesk,
+    In,
     JivoError,
     Operator,
     Outbound,
+    Undeliverable,
     ValidationError,
     Work,
     hookimpl,
     new_id,
 )
-from jivocore.channels import Channel, Undeliverable
-from jivocore.storage import In
 
 from .entities import Email
 from .parse import Inbound, address_or_none, clean, message_ids, parse_email

@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import attrs
 
 from jivocore import (
+    Channel,
     ClientBlocked,
     ConflictError,
     Conversation,
@@ -29,12 +30,12 @@ from jivocore import (
     PermissionDenied,
     Range,
     State,
+    Undeliverable,
     ValidationError,
     Work,
     hookimpl,
     new_id,
 )
-from jivocore.channels import Channel, Undeliverable
 
 from .entities import Call, PhoneWebhook
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from jivocore import ClientBlocked, HelpDesk, Outbound, hookimpl
-from jivocore.channels import Undeliverable
+from jivocore import ClientBlocked, HelpDesk, Outbound, Undeliverable, hookimpl
 
 
 class FarSide:

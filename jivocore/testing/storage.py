@@ -381,6 +381,16 @@ class StorageContract:
         assert old.priority == 3
         assert self.read(storage, lambda tx: tx.count(_NoteV3, {"priority": 3})) == 1
 
+    def test_setup_indexes_the_rows_of_a_type_that_became_searchable(
+        self, storage: Storage
+    ) -> None:
+        storage.setup((EntityType(name="contract_notes", cls=_NoteV1),), make_converter())
+        self.add(storage, _NoteV1(id="old", text="refund please"), _NoteV1(id="other", text="hi"))
+        searchable = EntityType(name="contract_notes", cls=_NoteV1, searchable=("text",))
+        storage.setup((searchable,), make_converter())
+        found = self.read(storage, lambda tx: tx.search(_NoteV1, "refund"))
+        assert [n.id for n in found] == ["old"]
+
     def test_an_unregistered_class_is_refused(self, storage: Storage) -> None:
         with pytest.raises(ValidationError), storage.transaction() as tx:
             tx.add(_NoteV1(id="n"))

@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 
 import click
 
-from jivocore import HelpDesk, Kind, Outcome, hookimpl
+from jivocore import REPORT_COLUMNS, HelpDesk, Kind, Outcome, hookimpl, write_report_csv
 from jivocore.cli import pass_desk
-from jivocore.statistics import COLUMNS, write_report_csv
 
 __all__ = ["archive", "jivocore_register_commands", "report"]
 
@@ -127,7 +126,9 @@ def report(desk: HelpDesk, since: str, until: str, csv_file: str | None) -> None
         for row in result.rows(names):
             label = row["operator"] or row["operator_id"]
             figures = "  ".join(
-                f"{c}={'' if row[c] is None else row[c]}" for c in COLUMNS[2:] if row[c] is not None
+                f"{c}={'' if row[c] is None else row[c]}"
+                for c in REPORT_COLUMNS[2:]
+                if row[c] is not None
             )
             click.echo(f"{label}: {figures}")
 

@@ -28,8 +28,10 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from jivocore import (
+    RELEVANCE_WINDOW,
     Column,
     ConflictError,
+    Document,
     EntityType,
     Event,
     HasAll,
@@ -43,16 +45,12 @@ from jivocore import (
     StorageError,
     ValidationError,
     Where,
-    make_cursor,
-    parse_order,
-    read_cursor,
-)
-from jivocore.storage import (
-    RELEVANCE_WINDOW,
-    Document,
     check_document_order,
     document_key,
+    make_cursor,
     make_document_cursor,
+    parse_order,
+    read_cursor,
     read_document_cursor,
     search_words,
 )
@@ -138,6 +136,28 @@ def _tsvector(texts: Iterable[str | None]) -> str:
                 found.append(min(position, _MAX_POSITION))
         position += 1
     return " ".join(f"{_lexeme(t)}:{','.join(map(str, p))}" for t, p in positions.items())
+
+
+def _index_existing_rows(conn: Connection, etype: EntityType) -> None:
+    """A type that became searchable: give the rows it already has their tsvector, streamed."""
+    cols = ", ".join(q(c) for c in etype.searchable)
+    table = q(etype.name)
+    with conn.cursor(name=f"jivocore_index_{etype.name}") as rows:
+        rows.itersize = 1000
+        rows.execute(f"SELECT id, {cols} FROM {table}")
+        batch: list[tuple[str, str]] = []
+        for row in rows:
+            batch.append((_tsvector(row[c] for c in etype.searchable), row["id"]))
+            if len(batch) == 1000:
+                _set_search(conn, table, batch)
+                batch = []
+        _set_search(conn, table, batch)
+
+
+def _set_search(conn: Connection, table: str, batch: list[tuple[str, str]]) -> None:
+    if batch:
+        with conn.cursor() as cur:
+            cur.executemany(f"UPDATE {table} SET {SEARCH} = %s::tsvector WHERE id = %s", batch)
 
 
 def _tsquery(text: str) -> str | None:
@@ -864,8 +884,11 @@ class PostgresStorage:
         for name, tp in columns.items():
             if name in existing:
                 continue
-            # A plugin's entity gained a field: old rows get the field's default.
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {q(name)} {tp}")
+            if name == SEARCH:
+                _index_existing_rows(conn, etype)
+                continue
+            # A plugin's entity gained a field: old rows get the field's default.
             default = _default(etype, converter, name)
             if default is not None:
                 conn.execute(f"UPDATE {table} SET {q(name)} = %s", (default,))

@@ -15,9 +15,11 @@ import cattrs
 import sqlite_utils
 
 from jivocore import (
+    RELEVANCE_WINDOW,
     Column,
     ConfigurationError,
     ConflictError,
+    Document,
     EntityType,
     HasAll,
     HasAny,
@@ -29,16 +31,12 @@ from jivocore import (
     StorageError,
     ValidationError,
     Where,
-    make_cursor,
-    parse_order,
-    read_cursor,
-)
-from jivocore.storage import (
-    RELEVANCE_WINDOW,
-    Document,
     check_document_order,
     document_key,
+    make_cursor,
     make_document_cursor,
+    parse_order,
+    read_cursor,
     read_document_cursor,
     search_words,
 )
@@ -692,6 +690,12 @@ class SQLiteStorage:
             if etype.searchable and not db[f"{etype.name}_fts"].exists():
                 cols = ", ".join(f"[{c}]" for c in etype.searchable)
                 db.execute(f"CREATE VIRTUAL TABLE [{etype.name}_fts] USING fts5({cols})")
+                # A type that became searchable: index the rows it already has.
+                values = ", ".join(f"coalesce([{c}], '')" for c in etype.searchable)
+                db.execute(
+                    f"INSERT INTO [{etype.name}_fts] (rowid, {cols}) "
+                    f"SELECT rowid, {values} FROM [{etype.name}]"
+                )
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[SQLiteTransaction]:

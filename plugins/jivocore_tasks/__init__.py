@@ -31,12 +31,14 @@ from jivocore import (
     Operator,
     Range,
     State,
+    Timer,
     ValidationError,
     Work,
+    cancel,
     hookimpl,
     new_id,
+    schedule,
 )
-from jivocore.scheduler import Timer, cancel, schedule
 from jivocore_crm import Listing, day_bounds, involve, visible_client, visible_client_ids
 
 TIMER = "task_due"
