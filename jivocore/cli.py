@@ -15,7 +15,7 @@ import click
 
 from .desk import HelpDesk
 from .errors import JivoError
-from .plugins import collect, make_plugin_manager
+from .plugins import collect, install_hint, make_plugin_manager, missing_extras
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,6 +99,13 @@ def make_cli(plugins: Iterable[object] = (), *, entry_points: bool = True) -> cl
                 impl = next(i for i in caller.get_hookimpls() if i.plugin is plugin)
                 flags = [f for f in ("tryfirst", "trylast", "wrapper") if getattr(impl, f)]
                 click.echo(f"    {caller.name}" + (f"  [{', '.join(flags)}]" if flags else ""))
+        if entry_points:
+            for ep in sorted(
+                importlib.metadata.entry_points(group="jivocore"), key=lambda e: e.name
+            ):
+                missing = missing_extras(ep)
+                if missing and pm.get_plugin(ep.name) is None:
+                    click.echo(f"{ep.name}  (left out: needs {install_hint(ep, missing)})")
 
     from .demo import demo
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -13,6 +15,7 @@ from . import hookspecs
 from .errors import PluginError
 
 PROJECT = "jivocore"
+log = logging.getLogger("jivocore")
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
@@ -41,6 +44,11 @@ def make_plugin_manager(
         for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=lambda e: e.name):
             if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
                 continue
+            missing = missing_extras(ep)
+            if missing:
+                # Not installed, as far as the host is concerned: its extra was not chosen.
+                log.info("plugin %s is left out: it needs %s", ep.name, install_hint(ep, missing))
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:
@@ -56,6 +64,34 @@ def make_plugin_manager(
         name = pm.get_name(exc.plugin) or plugin_name(exc.plugin)
         raise PluginError(f"plugin {name}: {exc}", plugin=name) from exc
     return pm
+
+
+def missing_extras(ep: importlib.metadata.EntryPoint) -> list[str]:
+    """The packages an entry point's extras (``"jivocore_email [email]"``) need that are not
+    installed; a plugin whose optional dependencies are missing is not loaded."""
+    if not ep.extras or ep.dist is None:
+        return []
+    wanted = set(ep.extras)
+    missing = []
+    for requirement in ep.dist.requires or []:
+        spec, _, marker = requirement.partition(";")
+        extras = set(re.findall(r"""extra\s*==\s*["']([^"']+)["']""", marker))
+        if not extras & wanted:
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", spec.strip())
+        if name is None:
+            continue
+        try:
+            importlib.metadata.distribution(name.group())
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name.group())
+    return missing
+
+
+def install_hint(ep: importlib.metadata.EntryPoint, missing: list[str]) -> str:
+    """What to tell a person about a plugin left out for `missing` packages."""
+    dist = ep.dist.name if ep.dist else "jivocore"
+    return f"{', '.join(missing)}: pip install '{dist}[{','.join(ep.extras)}]'"
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
