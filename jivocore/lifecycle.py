@@ -165,28 +165,24 @@ def colleague_not_owner(conversation: Conversation, act: Act) -> None:
         )
 
 
-def colleague_not_participant(conversation: Conversation, act: Act) -> None:
-    """The colleague does not take part already."""
-    colleague = _colleague(act)
-    if colleague.id in conversation.participants:
+def _not_taking_part(conversation: Conversation, act: Act, operator: Operator) -> None:
+    if operator.id in conversation.participants:
         raise InvalidTransition(
-            f"{act.name_of(colleague.id)} already takes part in conversation {conversation.id}",
+            f"{act.name_of(operator.id)} already takes part in conversation {conversation.id}",
             conversation_id=conversation.id,
             state=conversation.state,
             command=act.command,
         )
+
+
+def colleague_not_participant(conversation: Conversation, act: Act) -> None:
+    """The colleague does not take part already."""
+    _not_taking_part(conversation, act, _colleague(act))
 
 
 def not_participant(conversation: Conversation, act: Act) -> None:
     """The operator does not take part already."""
-    actor = _actor(act)
-    if actor.id in conversation.participants:
-        raise InvalidTransition(
-            f"{act.name_of(actor.id)} already takes part in conversation {conversation.id}",
-            conversation_id=conversation.id,
-            state=conversation.state,
-            command=act.command,
-        )
+    _not_taking_part(conversation, act, _actor(act))
 
 
 # --- effects: what each command does to a conversation the guards have let through -----------
