@@ -123,9 +123,22 @@
     return views[tab]().then(function (node) {
       if (mine !== rendering) return;
       var view = $("view");
+      keepTyping(view, node);
       view.replaceChildren(node);
       view.setAttribute("data-tab", tab);
     }).catch(fail);
+  }
+
+  // A live update re-renders the view: what the operator is typing survives it.
+  function keepTyping(old, next) {
+    var focused = document.activeElement;
+    old.querySelectorAll("input[aria-label], textarea[aria-label]").forEach(function (input) {
+      var label = input.getAttribute("aria-label");
+      var twin = next.querySelector('[aria-label="' + label + '"]');
+      if (!twin) return;
+      if (input.value && !twin.value) twin.value = input.value;
+      if (input === focused) setTimeout(function () { twin.focus(); }, 0);
+    });
   }
 
   function clientName(v) { return v.client.name || v.client.id; }
@@ -171,7 +184,9 @@
     form.appendChild(el("button", { type: "submit", text: label }));
     form.addEventListener("submit", function (e) {
       e.preventDefault();
-      submit(inputs.map(function (i) { return i.value; }));
+      var values = inputs.map(function (i) { return i.value; });
+      inputs.forEach(function (i) { i.value = ""; });
+      submit(values);
     });
     return form;
   }
@@ -237,7 +252,9 @@
         var input = el("textarea", { "aria-label": "reply", rows: "3" });
         var form = el("form", { class: "reply", on: { submit: function (e) {
           e.preventDefault();
-          if (input.value.trim()) act("POST", "api/conversations/" + selected + "/reply", { text: input.value });
+          var text = input.value;
+          input.value = "";
+          if (text.trim()) act("POST", "api/conversations/" + selected + "/reply", { text: text });
         } } }, input, el("button", { type: "submit", text: "Send" }));
         return el("div", { class: "cols" }, list, el("div", {}, messagesOf(view), form), infoPanel(view));
       });

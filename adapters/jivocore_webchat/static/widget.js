@@ -51,6 +51,9 @@
   form.appendChild(send);
   [header, status, log, notice, form].forEach(function (n) { box.appendChild(n); });
 
+  // The token and conversation survive page loads (a new page shows the whole conversation);
+  // the last sequence number seen lives with the page, for its reconnects.
+  var after = 0;
   var shown = {}; // "conversation:seq" -> true: nothing shown twice
   var pending = {}; // client message id -> {text, node}
   var ws = null;
@@ -63,10 +66,10 @@
     shown[key] = true;
     if (saved.conversation_id !== m.conversation_id) {
       saved.conversation_id = m.conversation_id;
-      saved.after = 0;
+      after = 0;
+      save();
     }
-    if (m.seq > (saved.after || 0)) saved.after = m.seq;
-    save();
+    if (m.seq > after) after = m.seq;
     var node = el("div", "jivo-msg");
     node.setAttribute("data-author", m.author);
     node.setAttribute("data-seq", String(m.seq));
@@ -80,7 +83,7 @@
     var q = "?token=" + encodeURIComponent(saved.token || "");
     if (saved.conversation_id) {
       q += "&conversation_id=" + encodeURIComponent(saved.conversation_id) +
-        "&after=" + encodeURIComponent(String(saved.after || 0));
+        "&after=" + encodeURIComponent(String(after));
     }
     ws = new WebSocket(wsBase + "/api/visitor/ws" + q);
     ws.onopen = function () {
