@@ -374,3 +374,21 @@ def test_serve_is_a_jivocore_command_and_demo_seeds_every_view(tmp_path: Any) ->
         r = httpx.post(base + "/api/login", json={"login": "bob", "password": made[1][2]})
         assert r.status_code == 200
     desk.shutdown()
+
+
+def test_the_docs_mounting_example_runs(tmp_path: Any, monkeypatch: Any) -> None:
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "webchat.md").read_text(encoding="utf-8")
+    (example,) = re.findall(r"```python\n(.*?)```", docs, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "docs/webchat.md", "exec"), namespace)
+    with running(namespace["app"]) as base:
+        assert httpx.get(base + "/help/widget.js").status_code == 200
+        r = httpx.post(
+            base + "/help/api/login", json={"login": "ann", "password": "a long password"}
+        )
+        assert r.status_code == 200
+    namespace["desk"].shutdown()
