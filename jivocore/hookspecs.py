@@ -8,7 +8,7 @@ Every hook here is documented in docs/hooks.md with its exact signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cattrs
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import click
 
     from .channels import Channel
-    from .desk import HelpDesk
+    from .desk import HelpDesk, Work
     from .entities import Conversation, Event, Operator
     from .scheduler import Timer
     from .storage import EntityType, Storage
@@ -111,4 +111,35 @@ def jivocore_register_timers(
     any transaction; a handler that raises is logged and its timer retried with back-off.
 
     :param register: call once per timer kind; a kind registered twice is an error.
+    """
+
+
+@hookspec
+def jivocore_register_csv_columns(register: Callable[[str, Sequence[str]], None]) -> None:
+    """Register columns a client CSV import recognises, each with ``register(name, aliases)``.
+
+    A column whose header is `name` or one of `aliases` (accents, case and punctuation ignored)
+    reaches `jivocore_prepare_csv_rows` as ``row["cells"][name]``; an export writes a column
+    registered under a core field's name (``"tags"``) from that field.
+
+    :param register: call once per column; a header another column recognises is an error.
+    """
+
+
+@hookspec
+def jivocore_prepare_csv_rows(
+    desk: HelpDesk, work: Work | None, rows: Sequence[MutableMapping[str, Any]]
+) -> None:
+    """Adjust the rows of one batch of a client CSV import in place, before they are matched
+    and written: called once per batch (never per row).
+
+    Each row is a dict: ``record`` and ``line`` (where it is in the file), ``cells`` (the
+    registered columns' text), ``client`` (the values to set: ``name``, ``emails``, ``phones``,
+    ``status``, ``responsible_id``, ``custom``, ``tags``) and ``errors``: append
+    ``(column, reason)`` to reject the row.
+
+    :param desk: the desk importing.
+    :param work: the batch's transaction in a real import (write what the rows need there, e.g.
+        tag records); None in a dry run.
+    :param rows: the batch's rows that no one has rejected yet.
     """

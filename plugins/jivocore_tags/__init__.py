@@ -343,3 +343,10 @@ __all__ = [
     "untag_client",
     "untag_conversation",
 ]
+
+# The tags column of client CSV imports (jivocore_csv's hooks): implemented in csv_columns.py,
+# registered with this plugin.
+from . import csv_columns as _csv_columns  # noqa: E402
+
+jivocore_register_csv_columns = _csv_columns.jivocore_register_csv_columns
+jivocore_prepare_csv_rows = _csv_columns.jivocore_prepare_csv_rows
