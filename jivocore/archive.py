@@ -5,7 +5,8 @@ A conversation's transcript (its messages' text, in order) is stored as its sear
 (`jivocore.storage.Document`, dated by its close) in batches: `index_pending` finds the closed
 conversations whose transcript is missing or older than their close and writes them. Search
 then runs on the documents with the conversation's own columns as filters, in one indexed query
-on each backend. docs/archive.md explains it for hosts.
+on each backend; a period also bounds the documents' dates, so only its transcripts are walked.
+docs/archive.md explains it for hosts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from typing import Any, cast
 from .entities import Client, Conversation, Event, Kind, Message, Outcome, State
 from .errors import ConfigurationError, ValidationError
 from .statistics import ConversationStatistics, statistics
-from .storage import Document, DocumentSearch, HasAll, In, Range, Transaction, Where
+from .storage import (
+    RELEVANCE_WINDOW,
+    Document,
+    DocumentSearch,
+    HasAll,
+    In,
+    Page,
+    Range,
+    Transaction,
+    Where,
+)
 
 __all__ = [
     "MARGIN",
@@ -26,6 +37,7 @@ __all__ = [
     "index",
     "index_pending",
     "period_statistics",
+    "search",
     "transcript",
 ]
 
@@ -91,6 +103,29 @@ def index_pending(tx: Transaction, *, limit: int = 500, margin: timedelta = MARG
 def _stale(docs: DocumentSearch, batch: Sequence[Conversation]) -> list[Conversation]:
     dates = docs.document_dates(Conversation, [c.id for c in batch])
     return [c for c in batch if dates.get(c.id) != c.closed]
+
+
+def search(
+    tx: Transaction,
+    text: str,
+    query: Where,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    by: str = "date",
+    after: str | None = None,
+    limit: int = 50,
+    window: int = RELEVANCE_WINDOW,
+) -> Page[Conversation]:
+    """One page of the closed conversations matching `query` (from `archive_filter`) whose
+    transcript holds `text`. The period is also given to the search as the documents' dates (a
+    transcript is dated by the close it was indexed at), so the backend walks only the
+    transcripts of ``[since, until)`` rather than testing every match's close."""
+    # Only with a period: a backend written before `at` existed still answers the rest.
+    period = {} if since is None and until is None else {"at": Range(ge=since, lt=until)}
+    return documents(tx).search_documents(
+        Conversation, text, query, by=by, after=after, limit=limit, window=window, **period
+    )
 
 
 def _values(value: Any) -> Any:

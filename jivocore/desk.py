@@ -938,11 +938,19 @@ class HelpDesk:
                 if query is None:
                     return Page((), None)
                 return tx.page(Conversation, query, order=("-closed",), after=after, limit=limit)
-            docs = archive_queries.documents(tx)
+            archive_queries.documents(tx)  # ConfigurationError without search documents
             if query is None:
                 return Page((), None)
-            return docs.search_documents(
-                Conversation, text, query, by=by, after=after, limit=limit, window=window
+            return archive_queries.search(
+                tx,
+                text,
+                query,
+                since=since,
+                until=until,
+                by=by,
+                after=after,
+                limit=limit,
+                window=window,
             )
 
     def messages(

@@ -382,6 +382,28 @@ class Document:
     text: str
     at: datetime  # the document's date: date order lists the newest first
 
+    @staticmethod
+    def key_range(at: Range | None) -> tuple[int, int]:
+        """The keys ``[low, high)`` of the documents dated within `at` (a `Range` of datetimes;
+        None: every key): a backend walks only these keys (`document_key`), so a period costs
+        what its own documents cost."""
+        at = at or Range()
+
+        def first_key(instant: Any, later: int) -> int:  # the first key at or after it
+            if not isinstance(instant, datetime) or instant.tzinfo is None:
+                raise ValidationError(f"a document date range takes aware datetimes: {at!r}")
+            micros = (instant - _EPOCH) // _MICROSECOND + later
+            return max(-_KEYS, min(_KEYS, micros * 1024))
+
+        low, high = -_KEYS, _KEYS
+        for bound, later in ((at.ge, 0), (at.gt, 1)):
+            if bound is not None:
+                low = max(low, first_key(bound, later))
+        for bound, later in ((at.lt, 0), (at.le, 1)):
+            if bound is not None:
+                high = min(high, first_key(bound, later))
+        return low, max(low, high)
+
 
 def document_key(at: datetime, slot: int = 0) -> int:
     """The integer a backend files a document under: its date in microseconds since the epoch,
@@ -398,6 +420,7 @@ def document_key(at: datetime, slot: int = 0) -> int:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_KEYS = 2**52 * 1024  # every key lies in [-_KEYS, _KEYS)
 
 
 def search_words(text: str) -> list[str]:
@@ -425,6 +448,10 @@ class DocumentSearch(Protocol):
       the text and the filter; older matches are not ranked and not listed. This bounds the
       work of a relevance query whatever the words (ranking every match of a common word is
       slow), and favours recent conversations. Pages are exact while no document is put.
+
+    `at` (a `Range` of datetimes) keeps only documents dated within it. Backends walk only the
+    keys of that range (`Document.key_range`), so a period costs what its own documents cost,
+    where the same bound on an entity field would be tested on every match walked.
     """
 
     def put_documents(self, cls: type[Any], documents: Iterable[Document]) -> int:
@@ -450,9 +477,11 @@ class DocumentSearch(Protocol):
         after: str | None = None,
         limit: int = 50,
         window: int = RELEVANCE_WINDOW,
+        at: Range | None = None,
     ) -> Page[T]:
-        """One page of the entities whose document holds every word of `text` and that match
-        `where`, in the order `by` names; pass `Page.next` as `after` for the next page."""
+        """One page of the entities whose document holds every word of `text`, is dated within
+        `at` and that match `where`, in the order `by` names; pass `Page.next` as `after` for
+        the next page."""
 
 
 def make_document_cursor(by: str, score: float, key: int) -> str:

@@ -737,12 +737,16 @@ class PostgresTransaction:
         after: str | None = None,
         limit: int = 50,
         window: int = RELEVANCE_WINDOW,
+        at: Range | None = None,
     ) -> Page[T]:
         etype = self.tables.of(cls)
         check_document_order(by)
         if limit < 1 or window < 1:
             raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
         clauses, params = self._where(etype, where)
+        if at is not None:  # the documents of a period: a range of the key's btree
+            clauses.append("d.key >= %s AND d.key < %s")
+            params += Document.key_range(at)
         cursor = read_document_cursor(after, by)
         tsquery = _tsquery(" ".join(search_words(text)))
         table = self._documents(etype, create=False)

@@ -530,6 +530,35 @@ class SQLiteTransaction:
         ).fetchone()
         return None if row is None else datetime.fromisoformat(row[0])
 
+    def _document_where(
+        self, etype: EntityType, where: Where | None
+    ) -> tuple[list[str], list[Any]]:
+        """`_where` for a search, where the FTS index drives: a set field's condition becomes a
+        correlated EXISTS on the side table's (entity_id, value) key, probed per match walked
+        (~1 us), instead of `_where`'s `id IN (SELECT ... GROUP BY ...)`, which first lists every
+        entity holding the values (~1.5 ms for 5,000 of them, and growing with the table)."""
+        sets = {
+            f: c
+            for f, c in (where or {}).items()
+            if f in etype.members and isinstance(c, HasAny | HasAll)
+        }
+        clauses, params = self._where(
+            etype, {f: c for f, c in (where or {}).items() if f not in sets}
+        )
+        etype.check_fields(sets)
+        for field, cond in sets.items():
+            values = list(dict.fromkeys(etype.value(self.converter, field, v) for v in cond.values))
+            probe = (
+                f"EXISTS (SELECT 1 FROM [{etype.name}__{field}] AS s "
+                f"WHERE s.entity_id = [{etype.name}].id AND s.value"
+            )
+            if isinstance(cond, HasAny):
+                clauses.append(f"{probe} IN ({', '.join('?' * len(values))}))" if values else "0")
+            else:
+                clauses += [f"{probe} = ?)"] * len(values)
+            params += values
+        return clauses, params
+
     def search_documents(
         self,
         cls: type[T],
@@ -540,30 +569,36 @@ class SQLiteTransaction:
         after: str | None = None,
         limit: int = 50,
         window: int = RELEVANCE_WINDOW,
+        at: Range | None = None,
     ) -> Page[T]:
         etype = self.tables.of(cls)
         check_document_order(by)
         if limit < 1 or window < 1:
             raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
         words = search_words(text)
-        clauses, params = self._where(etype, where)
+        clauses, params = self._document_where(etype, where)
+        low, high = Document.key_range(at)
+        cursor = read_document_cursor(after, by)
+        if by == "date" and cursor is not None:
+            high = min(high, cursor[1])
         if not words or not self._documents(etype, create=False):
             return Page((), None)
         match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
         table, fts = f"[{etype.name}]", f"[{etype.name}__documents_fts]"
-        # CROSS JOIN fixes the join order: the FTS index drives, newest key first.
+        # CROSS JOIN fixes the join order: the FTS index drives, newest key first, from the top
+        # of the date range down to its bottom (FTS5 seeks to the rowid bounds; a bound on an
+        # entity column would be tested on every match walked instead).
         hits = (
             f"FROM {fts} CROSS JOIN [{etype.name}__documents] AS d ON d.key = {fts}.rowid "
-            f"CROSS JOIN {table} ON {table}.id = d.entity_id WHERE {fts} MATCH ?"
-            + "".join(f" AND {c}" for c in clauses)
+            f"CROSS JOIN {table} ON {table}.id = d.entity_id WHERE {fts} MATCH ? "
+            f"AND {fts}.rowid >= ? AND {fts}.rowid < ?" + "".join(f" AND {c}" for c in clauses)
         )
-        cursor = read_document_cursor(after, by)
+        params = [match, low, high, *params]
         if by == "date":
-            sql = f"SELECT {table}.*, {fts}.rowid AS _key, 0.0 AS _score {hits}"
-            if cursor is not None:
-                sql += f" AND {fts}.rowid < ?"
-                params = [*params, cursor[1]]
-            sql += f" ORDER BY {fts}.rowid DESC LIMIT {int(limit) + 1}"
+            sql = (
+                f"SELECT {table}.*, {fts}.rowid AS _key, 0.0 AS _score {hits} "
+                f"ORDER BY {fts}.rowid DESC LIMIT {int(limit) + 1}"
+            )
         else:
             # Rank only the newest `window` matches: bm25 over every match of a common word
             # would read its whole posting list.
@@ -575,10 +610,10 @@ class SQLiteTransaction:
             )
             if cursor is not None:
                 sql += " WHERE (hits._score > ? OR (hits._score = ? AND hits._key < ?))"
-                params = [*params, cursor[0], cursor[0], cursor[1]]
+                params += [cursor[0], cursor[0], cursor[1]]
             sql += f" ORDER BY hits._score, hits._key DESC LIMIT {int(limit) + 1}"
         try:
-            rows = self.conn.execute(sql, [match, *params]).fetchall()
+            rows = self.conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise _translate(exc, f"cannot search {etype.name}") from exc
         items = []
