@@ -646,14 +646,21 @@ class SQLiteStorage:
         self._tables = _Tables(())
         self._converter: cattrs.Converter | None = None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, write: bool = True) -> sqlite3.Connection:
+        """The connection for a transaction in this thread. A file gives each thread one for
+        writing and one, read-only from the start, for reading: switching `query_only` on one
+        connection would throw away its prepared statements at every read."""
         if self.memory:
             if self._shared is None:
                 self._shared = self._open()
             return self._shared
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        name = "conn" if write else "reader"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
-            conn = self._local.conn = self._open()
+            conn = self._open()
+            if not write:
+                conn.execute("PRAGMA query_only = ON")
+            setattr(self._local, name, conn)
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -736,32 +743,34 @@ class SQLiteStorage:
     def transaction(self, *, write: bool = True) -> Iterator[SQLiteTransaction]:
         if self._converter is None:
             raise StorageError("the storage was used before setup()", retriable=False)
-        conn = self._connect()
         with self._memory_lock if self.memory else _NO_LOCK:
-            depth = getattr(self._local, "depth", 0)
-            if depth:
+            outer: sqlite3.Connection | None = getattr(self._local, "active", None)
+            if outer is not None:
                 # Nested: a savepoint inside the transaction already open in this thread.
+                depth = self._local.depth
                 name = f"jivocore_{depth}"
-                conn.execute(f"SAVEPOINT {name}")
+                outer.execute(f"SAVEPOINT {name}")
                 self._local.depth = depth + 1
                 try:
-                    yield SQLiteTransaction(conn, self._tables, self._converter)
+                    yield SQLiteTransaction(outer, self._tables, self._converter)
                 except BaseException:
-                    conn.execute(f"ROLLBACK TO {name}")
-                    conn.execute(f"RELEASE {name}")
+                    outer.execute(f"ROLLBACK TO {name}")
+                    outer.execute(f"RELEASE {name}")
                     raise
                 else:
-                    conn.execute(f"RELEASE {name}")
+                    outer.execute(f"RELEASE {name}")
                 finally:
                     self._local.depth = depth
                 return
+            conn = self._connect(write=write)
+            toggle = self.memory and not write  # memory has one connection for both
             try:
-                if not write:
+                if toggle:
                     conn.execute("PRAGMA query_only = ON")
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
                 raise _translate(exc, "cannot begin a transaction") from exc
-            self._local.depth = 1
+            self._local.active, self._local.depth = conn, 1
             try:
                 yield SQLiteTransaction(conn, self._tables, self._converter)
             except BaseException:
@@ -774,8 +783,8 @@ class SQLiteStorage:
                     conn.execute("ROLLBACK")
                     raise _translate(exc, "cannot commit") from exc
             finally:
-                self._local.depth = 0
-                if not write:
+                self._local.active, self._local.depth = None, 0
+                if toggle:
                     conn.execute("PRAGMA query_only = OFF")
 
     def close(self) -> None:
