@@ -194,14 +194,26 @@ class EntityType:
         for name, column in self.columns.items():
             value = data[name]
             if column is Column.JSON:
-                data[name] = _to_json(value)
-            elif column is Column.TEXT and value is not None and "\x00" in value:
+                value = data[name] = _to_json(value)
+            elif column is not Column.TEXT or value is None:
+                continue
+            if "\x00" in value:
                 # PostgreSQL cannot store it; refused everywhere, so backends agree.
                 raise ValidationError(
                     f"{self.cls.__name__}.{name} contains a NUL character (0x00)",
                     entity=self.name,
                     field=name,
                 )
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: no database stores it
+                    raise ValidationError(
+                        f"{self.cls.__name__}.{name} is not valid Unicode text (it holds a lone "
+                        "surrogate)",
+                        entity=self.name,
+                        field=name,
+                    ) from None
         return data
 
     def decode(self, converter: cattrs.Converter, row: Mapping[str, Any]) -> Any:

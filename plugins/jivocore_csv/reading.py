@@ -110,7 +110,10 @@ def _encoding(sample: bytes) -> str:
 
 def _decode_sample(sample: bytes, encoding: str) -> str:
     decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
-    return str(decoder.decode(sample, final=len(sample) < SAMPLE))
+    try:
+        return str(decoder.decode(sample, final=len(sample) < SAMPLE))
+    except UnicodeDecodeError as exc:  # e.g. UTF-16 cut in the middle of a character
+        raise CsvRefused(f"the file is not valid {encoding} text: {exc.reason}") from None
 
 
 def _binary(text: str) -> bool:
@@ -216,6 +219,13 @@ def records(
             except csv.Error as exc:
                 raise CsvRefused(
                     f"record {number} (line {start}) cannot be read: {exc}",
+                    record=number,
+                    line=start,
+                ) from None
+            except UnicodeDecodeError as exc:  # what surrogateescape cannot take: truncation
+                raise CsvRefused(
+                    f"record {number} (line {start}) is not valid {fmt.encoding} text: "
+                    f"{exc.reason}",
                     record=number,
                     line=start,
                 ) from None
