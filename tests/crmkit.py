@@ -6,7 +6,6 @@ JIVOCORE_TEST_POSTGRES, a failure under CI=true.
 
 from __future__ import annotations
 
-import os
 import types
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from pgtest import URL, require_postgres
 
 import jivocore_crm
 import jivocore_deals
@@ -25,15 +24,12 @@ from jivocore import FakeClock, HelpDesk, hookimpl
 from jivocore.testing import RecordingChannel, channel_plugin
 
 CRM = [jivocore_crm, jivocore_tags, jivocore_deals, jivocore_tasks]
-POSTGRES = os.environ.get("JIVOCORE_TEST_POSTGRES", "")
 BACKENDS = ["sqlite", "postgres"]
 
 
 def need_backend(backend: str) -> None:
-    if backend == "postgres" and not POSTGRES:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but JIVOCORE_TEST_POSTGRES is not set", pytrace=False)
-        pytest.skip('no PostgreSQL: set JIVOCORE_TEST_POSTGRES (eval "$(.ci/postgres start)")')
+    if backend == "postgres":
+        require_postgres()
 
 
 @contextmanager
@@ -50,12 +46,12 @@ def crm_desk(
 
         @hookimpl(tryfirst=True)
         def jivocore_get_storage(settings: Any) -> PostgresStorage:
-            return PostgresStorage(POSTGRES, schema=schema, pool_size=2)
+            return PostgresStorage(URL, schema=schema, pool_size=2)
 
         storage = types.ModuleType("test_postgres_schema")
         storage.jivocore_get_storage = jivocore_get_storage  # type: ignore[attr-defined]
         plugins += [storage]
-        database = POSTGRES
+        database = URL
     else:
         plugins += [jivocore_sqlite]
         database = str(tmp / f"desk-{uuid.uuid4().hex[:8]}.db")
@@ -69,5 +65,5 @@ def crm_desk(
         if schema is not None:
             import psycopg
 
-            with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            with psycopg.connect(URL, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -5,7 +5,6 @@ JIVOCORE_TEST_POSTGRES is set (skipped without it, a failure under CI=true)."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import unicodedata
@@ -18,6 +17,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgtest import URL, require_postgres
 
 import jivocore_sqlite
 from jivocore import (
@@ -36,18 +36,10 @@ from jivocore.testing import FakeClock, RecordingChannel, channel_plugin
 
 WORDS = ("refund", "order", "Café", "late", "broken", "x42", "hello")
 TAGS = ("vip", "b2b", "spam")
-URL = os.environ.get("JIVOCORE_TEST_POSTGRES", "")
 
 
 def _backends() -> list[Any]:
-    params: list[Any] = ["sqlite"]
-    if URL:
-        params.append("postgres")
-    elif os.environ.get("CI") == "true":
-        params.append(pytest.param("postgres", marks=pytest.mark.xfail(strict=True)))
-    else:
-        params.append(pytest.param("postgres", marks=pytest.mark.skip("no PostgreSQL")))
-    return params
+    return ["sqlite", "postgres"]
 
 
 def tokens(text: str) -> list[str]:
@@ -70,12 +62,11 @@ def open_desk(backend: str, clock: FakeClock) -> HelpDesk:
     channels = [channel_plugin(RecordingChannel("web")), channel_plugin(RecordingChannel("mail"))]
     if backend == "sqlite":
         return HelpDesk(plugins=[jivocore_sqlite, *channels], clock=clock)
-    if not URL:
-        pytest.fail("CI=true but JIVOCORE_TEST_POSTGRES is not set", pytrace=False)
+    url = require_postgres()
     import jivocore_postgres
 
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    settings = {"database": URL, "postgres_schema": schema}
+    settings = {"database": url, "postgres_schema": schema}
     return HelpDesk(plugins=[jivocore_postgres, *channels], clock=clock, settings=settings)
 
 

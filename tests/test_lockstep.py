@@ -17,7 +17,6 @@ except under CI=true, where that is a failure.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import psycopg
 import pytest
 from hypothesis import settings
 from hypothesis.stateful import invariant
+from pgtest import require_postgres
 
 from jivocore import (
     Client,
@@ -45,18 +45,7 @@ from jivocore import (
 from jivocore.testing import RecordingChannel, channel_plugin
 from jivocore.testing.stateful import HelpDeskMachine
 
-URL = os.environ.get("JIVOCORE_TEST_POSTGRES", "")
-if not URL:
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "CI=true but JIVOCORE_TEST_POSTGRES is not set: the PostgreSQL tests must run in CI "
-            "(.ci/run starts a server with `.ci/postgres start`)",
-            pytrace=False,
-        )
-    pytest.skip(
-        'no PostgreSQL: set JIVOCORE_TEST_POSTGRES=postgresql://... (eval "$(.ci/postgres start)")',
-        allow_module_level=True,
-    )
+URL = require_postgres()
 
 SCHEMAS: list[str] = []
 

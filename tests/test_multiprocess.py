@@ -17,7 +17,6 @@ they are skipped, except under CI=true, where that is a failure. The SQLite race
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgtest import URL, require_postgres
 
 from jivocore import (
     ClientIdentity,
@@ -41,13 +41,6 @@ from jivocore import (
     State,
 )
 from jivocore.testing import RecordingChannel, channel_plugin
-
-URL = os.environ.get("JIVOCORE_TEST_POSTGRES", "")
-needs_postgres = pytest.mark.skipif(
-    not URL and os.environ.get("CI") != "true",
-    reason="no PostgreSQL: set JIVOCORE_TEST_POSTGRES=postgresql://... "
-    '(eval "$(.ci/postgres start)")',
-)
 
 CONVERSATIONS = 500
 ROUNDS = 50
@@ -191,12 +184,7 @@ def drop_schemas() -> Iterator[None]:
 @pytest.fixture
 def pg_desk() -> Iterator[HelpDesk]:
     """A desk in this process on a new PostgreSQL schema, which `pg_desk.storage.schema` names."""
-    if not URL:
-        pytest.fail(
-            "CI=true but JIVOCORE_TEST_POSTGRES is not set: the PostgreSQL tests must run in CI "
-            "(.ci/run starts a server with `.ci/postgres start`)",
-            pytrace=False,
-        )
+    require_postgres()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     SCHEMAS.append(schema)
     with HelpDesk.open(
@@ -265,7 +253,6 @@ def _race(desk: HelpDesk, remotes: list[Remote]) -> None:
     assert len(wins) > 1, f"one process won every race: {wins}"
 
 
-@needs_postgres
 @pytest.mark.slow
 def test_eight_processes_accept_500_conversations_on_postgresql(pg_desk, start_processes):
     remotes = start_processes(8, URL, _schema(pg_desk))
@@ -291,7 +278,6 @@ def _receive_together(remotes: list[Remote], *args: Any, **kwargs: Any) -> list[
     return [remote.answer(deadline) for remote in remotes]
 
 
-@needs_postgres
 def test_a_message_delivered_twice_at_once_is_stored_once(pg_desk, start_processes):
     remotes = start_processes(2, URL, _schema(pg_desk))
     reruns = 0
@@ -325,7 +311,6 @@ def test_a_message_delivered_twice_at_once_is_stored_once(pg_desk, start_process
         assert tx.count(Message) == ROUNDS + sum(1 for i in range(ROUNDS) if i % 3)
 
 
-@needs_postgres
 def test_a_new_clients_first_two_messages_at_once_open_one_conversation(pg_desk, start_processes):
     remotes = start_processes(2, URL, _schema(pg_desk))
     reruns = 0
@@ -361,7 +346,6 @@ def test_a_new_clients_first_two_messages_at_once_open_one_conversation(pg_desk,
 # learns of a conversation another process received, and the desk here then shows it.
 
 
-@needs_postgres
 def test_a_live_inbox_sees_a_conversation_another_process_received(pg_desk, start_processes):
     storage = pg_desk.storage
     ann = pg_desk.add_operator("Ann", presence="online")

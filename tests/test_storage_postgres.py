@@ -8,7 +8,6 @@ Each test gets a schema of its own, dropped at the end of the module.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgtest import require_postgres
 
 import jivocore_postgres
 from jivocore import (
@@ -34,18 +34,7 @@ from jivocore.testing import FakeClock, RecordingChannel, channel_plugin
 from jivocore.testing.storage import ENTITY_TYPES, Item, StorageContract
 from jivocore_postgres import PostgresStorage, tokens
 
-URL = os.environ.get("JIVOCORE_TEST_POSTGRES", "")
-if not URL:
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "CI=true but JIVOCORE_TEST_POSTGRES is not set: the PostgreSQL tests must run in CI "
-            "(.ci/run starts a server with `.ci/postgres start`)",
-            pytrace=False,
-        )
-    pytest.skip(
-        'no PostgreSQL: set JIVOCORE_TEST_POSTGRES=postgresql://... (eval "$(.ci/postgres start)")',
-        allow_module_level=True,
-    )
+URL = require_postgres()
 
 SCHEMAS: list[str] = []
 
