@@ -75,6 +75,10 @@ def test_the_storage_encoding_round_trips(cls: type[Any], data: st.DataObject) -
     row = etype.encode(CONVERTER, entity)
     assert set(row) == set(etype.columns)
     assert etype.decode(CONVERTER, row) == entity
+    by_position = etype.decoder(CONVERTER, by_position=True)
+    assert by_position(tuple(row[name] for name in etype.columns)) == entity
+    # The generated decoder reads what the converter reads.
+    assert etype.decode_slowly(CONVERTER, row) == entity
 
 
 @pytest.mark.parametrize("cls", STORED, ids=lambda cls: cls.__name__)
@@ -133,6 +137,19 @@ def test_naive_or_non_utc_times_are_refused(
 def test_a_stored_time_without_a_timezone_is_refused(bad: datetime) -> None:
     with pytest.raises(ValueError, match="no timezone"):
         parse_time(bad.isoformat())
+
+
+@pytest.mark.parametrize("by_position", [False, True])
+def test_a_row_the_decoder_cannot_read_is_refused_by_name(by_position: bool) -> None:
+    etype = ETYPES[jivocore.Conversation]
+    conversation = jivocore.Conversation(
+        id="c1", channel="web", client_id="k1", created=datetime.now(UTC)
+    )
+    row = etype.encode(CONVERTER, conversation)
+    row["state"] = "archived"  # no such state
+    values = tuple(row.values()) if by_position else row
+    with pytest.raises(ValidationError, match="state"):
+        etype.decoder(CONVERTER, by_position=by_position)(values)
 
 
 def test_a_row_with_a_naive_time_does_not_decode() -> None:
