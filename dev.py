@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""The quick start: `python3 dev.py demo` plays the demo day, `python3 dev.py test` runs the tests.
+"""The quick start: `python3 dev.py serve` runs a demo help desk in the browser, `python3 dev.py
+test` runs the tests; `python3 dev.py demo` plays a scripted day in the terminal instead.
 
-Either makes a virtual environment in .venv and installs jivocore into it (editable, with the
+Each makes a virtual environment in .venv and installs jivocore into it (editable, with the
 test and development extras) the first time, and again whenever pyproject.toml changes. Only
-Python 3.11+ with pip is assumed. Extra arguments go to the command: `python3 dev.py test -x`.
+Python 3.11+ with pip is assumed. Extra arguments go to the command: `python3 dev.py test -x`,
+`python3 dev.py serve --port 8080`. `serve` starts from a fresh demo-web.db every time, so the
+operators' passwords it prints are always the ones that work.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def ensure_installed() -> None:
 
 def main(argv: list[str]) -> int:
     commands = {
+        "serve": [str(BIN / "jivocore"), "--db", "demo-web.db", "serve", "--demo"],
         "demo": [str(BIN / "jivocore"), "demo", "--db", "demo.db", "--replace"],
         "test": [str(BIN / "python"), "-m", "pytest"],
     }
@@ -47,7 +51,13 @@ def main(argv: list[str]) -> int:
         print("dev.py: jivocore needs Python 3.11 or newer", file=sys.stderr)
         return 2
     ensure_installed()
-    return subprocess.run([*commands[argv[0]], *argv[1:]], cwd=ROOT).returncode
+    if argv[0] == "serve":
+        for stale in ROOT.glob("demo-web.db*"):  # the database and its WAL files
+            stale.unlink()
+    try:
+        return subprocess.run([*commands[argv[0]], *argv[1:]], cwd=ROOT).returncode
+    except KeyboardInterrupt:  # Ctrl-C stops the server: not an error
+        return 0
 
 
 if __name__ == "__main__":
