@@ -63,7 +63,7 @@ OPERATORS = 50
 MANAGERS = 2
 TAGS = 200
 BATCH = 5000  # clients per executemany batch
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: Client.responsible_at, the clients' order indexes
 
 STATUSES = ("new", "lead", "customer", "inactive")
 STATUS_WEIGHTS = (40, 25, 25, 10)
@@ -332,6 +332,7 @@ def client_rows(params: Params, world: World) -> Iterator[Rows]:
                 stamp(created),
                 open_deals,
                 None if next_due is None else stamp(next_due),
+                stamp(events[-1][1]) if events else None,  # responsible_at: the last assignment
             ),
             [(client_id, t) for t in sorted(tag_set)],
             [(client_id, o) for o in sorted(involved)],
@@ -345,8 +346,8 @@ def client_rows(params: Params, world: World) -> Iterator[Rows]:
 
 INSERTS = {
     "clients": "INSERT INTO clients (rowid, id, version, name, emails, phones, status, "
-    "responsible_id, involved, tags, custom, block, created, open_deals, next_task_due) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "responsible_id, involved, tags, custom, block, created, open_deals, next_task_due, "
+    "responsible_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "tags": "INSERT INTO clients__tags (entity_id, value) VALUES (?, ?)",
     "involved": "INSERT INTO clients__involved (entity_id, value) VALUES (?, ?)",
     "fts": "INSERT INTO clients_fts (rowid, name, emails, phones) VALUES (?, ?, ?, ?)",
@@ -441,6 +442,16 @@ def verify(path: str, world: World) -> None:
             "SELECT count(*) FROM deals d WHERE NOT EXISTS (SELECT 1 FROM clients__involved i "
             "WHERE i.entity_id = d.client_id AND i.value = d.responsible_id)"
         ),
+        "responsible_at = the last responsible_set's time": one(
+            "SELECT count(*) FROM clients c LEFT JOIN (SELECT client_id, max(at) AS at FROM "
+            "events WHERE type = 'responsible_set' GROUP BY client_id) e ON e.client_id = c.id "
+            "WHERE c.responsible_at IS NOT e.at"
+        ),
+        "the responsible operator is involved": one(
+            "SELECT count(*) FROM clients c WHERE c.responsible_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM clients__involved i WHERE i.entity_id = c.id AND "
+            "i.value = c.responsible_id)"
+        ),
         "a task's assignee is involved": one(
             "SELECT count(*) FROM tasks t WHERE NOT EXISTS (SELECT 1 FROM clients__involved i "
             "WHERE i.entity_id = t.client_id AND i.value = t.assignee_id)"
@@ -529,43 +540,80 @@ ORDERS = {
 }
 
 
+WALKS = {("-created",): "idx_clients_created_id", ("name",): "idx_clients_name_id"}
+
+
+class Filter(NamedTuple):
+    """A client filter in hand-written SQL, three ways with the same `params`: `found` finds the
+    matches through the filter's own indexes (sets as `id IN` the side table's holders);
+    `tested` is tested on each row while an order's index is walked (sets as EXISTS on the
+    side table's key); `counted` selects one row per match by the cheapest index. `exact`: an
+    index holding exactly the matches in `-created` order (an equality before `created`)."""
+
+    found: str
+    tested: str
+    counted: str
+    params: Sequence[Any]
+    exact: str | None = None
+
+
 class Hand:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cap: int) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.columns = [d[0] for d in self.conn.execute("SELECT * FROM clients").description]
+        self.cap = cap  # counts stop here, as crm_count_limit
+        rows = self.conn.execute("SELECT max(rowid) FROM clients").fetchone()[0]
+        # How far a walk of the order's index goes before sorting pays (see the README).
+        self.reach = math.isqrt(rows * (PAGE + 1)) + 1
 
     def clients(
-        self,
-        where: str,
-        params: Sequence[Any],
-        count_sql: str,
-        count_params: Sequence[Any],
-        order: tuple[str, ...],
-        after: tuple[Any, ...] | None,
+        self, flt: Filter, order: tuple[str, ...], after: tuple[Any, ...] | None
     ) -> tuple[Answer, Any]:
+        """A page and its count as a person would write them knowing the data: walk the
+        order's index testing the filter per row, reading at most `reach` entries (the last
+        one's key read from the index alone), and if that comes back short find the matches
+        through the filter's indexes and sort them; the count stops at `cap`."""
         by, beyond, keys = ORDERS[order]
-        clauses = [where] if where else []
-        args = list(params)
-        if after is not None:
-            clauses.append(beyond)
-            args += after
-        sql = "SELECT * FROM clients" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        sql += f" ORDER BY {by} LIMIT {PAGE + 1}"
+        exact = flt.exact if order == ("-created",) else None
+        index = exact or WALKS[order]
+        rest = [beyond] if after is not None else []
+        args = [*flt.params, *(after or ())]
+
+        def page(where: str, bound: tuple[Any, ...] | None, walk: bool) -> list[Any]:
+            clauses = [where, *rest]
+            if bound is not None:
+                clauses.append(f"({keys[0]}, id) {'>=' if order[0][0] == '-' else '<='} (?, ?)")
+            sql = "SELECT * FROM clients" + (f" INDEXED BY {index}" if walk else "")
+            sql += f" WHERE {' AND '.join(clauses)} ORDER BY {by} LIMIT {PAGE + 1}"
+            return conn.execute(sql, [*args, *(bound or ())]).fetchall()
+
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            rows = conn.execute(sql, args).fetchall()
-            count = conn.execute(count_sql, count_params).fetchone()[0]
+            if exact:
+                rows = page(flt.tested, None, True)
+            else:
+                last = conn.execute(
+                    f"SELECT {keys[0]}, id FROM clients INDEXED BY {index}"
+                    + (f" WHERE {beyond}" if after is not None else "")
+                    + f" ORDER BY {by} LIMIT 1 OFFSET {self.reach - 1}",
+                    list(after or ()),
+                ).fetchone()
+                rows = page(flt.tested, last, True)
+                if len(rows) <= PAGE and last is not None:
+                    rows = page(flt.found, None, False)
+            n = conn.execute(
+                f"SELECT count(*) FROM ({flt.counted} LIMIT {self.cap})", flt.params
+            ).fetchone()[0]
         finally:
             conn.execute("COMMIT")
-        page = rows[:PAGE]
-        ids = tuple(r[0] for r in page)
+        page_ = rows[:PAGE]
         nxt = None
         if len(rows) > PAGE:
-            nxt = tuple(page[-1][self.columns.index(k)] for k in keys)
-        return Answer(ids, count), nxt
+            nxt = tuple(page_[-1][self.columns.index(k)] for k in keys)
+        return Answer(tuple(r[0] for r in page_), n, n < self.cap), nxt
 
     def text(
         self, words_: str, order: tuple[str, ...], after: tuple[Any, ...] | None, bound: int
@@ -624,36 +672,34 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
             chosen[world.tags[rank]] = None
         return list(chosen)
 
-    def tag_sub(values: Sequence[str]) -> str:
-        return f"id IN (SELECT entity_id FROM clients__tags WHERE value IN ({marks(values)}))"
-
-    def tag_count(values: Sequence[str], extra: str = "", extra_params: Sequence[Any] = ()):
+    def tags_filter(values: Sequence[str], extra: str = "", extra_params: Sequence[Any] = ()):
+        """Clients with any of the tags (and `extra`, a condition on their own columns)."""
+        holders = f"SELECT entity_id FROM clients__tags WHERE value IN ({marks(values)})"
+        probe = (
+            "EXISTS (SELECT 1 FROM clients__tags s WHERE s.entity_id = clients.id AND "
+            f"s.value IN ({marks(values)}))"
+        )
+        also = f"{extra} AND " if extra else ""
         if extra:
-            return (f"SELECT count(*) FROM clients WHERE {extra} AND {tag_sub(values)}"), [
-                *extra_params,
-                *values,
-            ]
-        if len(values) == 1:
-            return "SELECT count(*) FROM clients__tags WHERE value = ?", list(values)
-        return (
-            f"SELECT count(DISTINCT entity_id) FROM clients__tags WHERE value IN ({marks(values)})",
-            list(values),
+            counted = f"SELECT 1 FROM clients WHERE {also}id IN ({holders})"
+        else:  # the side table alone
+            counted = (
+                holders.replace("SELECT", "SELECT DISTINCT", 1) if len(values) > 1 else holders
+            )
+        return Filter(
+            f"{also}id IN ({holders})", f"{also}{probe}", counted, [*extra_params, *values]
         )
 
-    def listing(
-        actor: str,
-        flt: crm.ClientFilter,
-        order: tuple[str, ...],
-        where: str,
-        params: Sequence[Any],
-        count: tuple[str, Sequence[Any]],
-    ) -> Query:
+    def column_filter(where: str, params: Sequence[Any], exact: str | None = None) -> Filter:
+        return Filter(where, where, f"SELECT 1 FROM clients WHERE {where}", params, exact)
+
+    def listing(actor: str, flt: crm.ClientFilter, order: tuple[str, ...], sql: Filter) -> Query:
         def engine(after: Any) -> tuple[Answer, Any]:
             found = crm.find_clients(desk, actor, flt, order=order, after=after, limit=PAGE)
             return Answer(tuple(c.id for c in found.items), found.count, found.exact), found.next
 
         def manual(after: Any) -> tuple[Answer, Any]:
-            return hand.clients(where, params, count[0], count[1], order, after)
+            return hand.clients(sql, order, after)
 
         return Query(engine, manual)
 
@@ -662,78 +708,61 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
 
     def responsible(rnd: random.Random) -> Query:
         op = rnd.choice(world.operators)
-        w = "responsible_id = ?"
         return listing(
             boss,
             crm.ClientFilter(responsible_id=op),
             order_of(rnd),
-            w,
-            [op],
-            (f"SELECT count(*) FROM clients WHERE {w}", [op]),
+            column_filter("responsible_id = ?", [op], "idx_clients_responsible_id_created_id"),
         )
 
     def status(rnd: random.Random) -> Query:
         chosen = rnd.sample(STATUSES, rnd.choice((1, 1, 2)))
-        w = f"status IN ({marks(chosen)})"
+        one = len(chosen) == 1
         return listing(
             boss,
             crm.ClientFilter(statuses=chosen),
             order_of(rnd),
-            w,
-            chosen,
-            (f"SELECT count(*) FROM clients WHERE {w}", chosen),
+            column_filter(
+                f"status IN ({marks(chosen)})",
+                chosen,
+                "idx_clients_status_created_id" if one else None,
+            ),
         )
 
     def tags_any(rnd: random.Random) -> Query:
         chosen = pick_tags(rnd, rnd.choice((1, 2, 3)))
-        return listing(
-            boss,
-            crm.ClientFilter(tags=chosen),
-            order_of(rnd),
-            tag_sub(chosen),
-            chosen,
-            tag_count(chosen),
-        )
+        return listing(boss, crm.ClientFilter(tags=chosen), order_of(rnd), tags_filter(chosen))
 
     def tags_all(rnd: random.Random) -> Query:
         a, b = pick_tags(rnd, 2, top=40)
         both = (
-            "id IN (SELECT a.entity_id FROM clients__tags a JOIN clients__tags b "
-            "ON b.entity_id = a.entity_id AND b.value = ? WHERE a.value = ?)"
+            "SELECT a.entity_id FROM clients__tags a JOIN clients__tags b "
+            "ON b.entity_id = a.entity_id AND b.value = ? WHERE a.value = ?"
+        )
+        probe = (
+            "EXISTS (SELECT 1 FROM clients__tags s WHERE s.entity_id = clients.id AND s.value = ?)"
         )
         return listing(
             boss,
             crm.ClientFilter(tags={a, b}, all_tags=True),
             order_of(rnd),
-            both,
-            [b, a],
-            (
-                "SELECT count(*) FROM clients__tags a JOIN clients__tags b "
-                "ON b.entity_id = a.entity_id AND b.value = ? WHERE a.value = ?",
-                [b, a],
-            ),
+            Filter(f"id IN ({both})", f"{probe} AND {probe}", both, [b, a]),
         )
 
     def open_deals(rnd: random.Random) -> Query:
-        w = "open_deals > 0"
         return listing(
             boss,
             crm.ClientFilter(open_deals=True),
             order_of(rnd),
-            w,
-            [],
-            (f"SELECT count(*) FROM clients WHERE {w}", []),
+            column_filter("open_deals > 0", []),
         )
 
     def tasks_due(rnd: random.Random) -> Query:
-        w = "next_task_due < ?"
         return listing(
             boss,
             crm.ClientFilter(tasks_due=True),
             order_of(rnd),
-            w,
-            [end_text],
-            (f"SELECT count(*) FROM clients WHERE {w}", [end_text]),
+            column_filter("next_task_due < ?", [end_text]),
         )
 
     def text(rnd: random.Random) -> Query:
@@ -764,54 +793,55 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
     def responsible_status(rnd: random.Random) -> Query:
         op = rnd.choice(world.operators)
         chosen = rnd.sample(STATUSES, rnd.choice((1, 2)))
-        w = f"responsible_id = ? AND status IN ({marks(chosen)})"
         return listing(
             boss,
             crm.ClientFilter(responsible_id=op, statuses=chosen),
             order_of(rnd),
-            w,
-            [op, *chosen],
-            (f"SELECT count(*) FROM clients WHERE {w}", [op, *chosen]),
+            column_filter(f"responsible_id = ? AND status IN ({marks(chosen)})", [op, *chosen]),
         )
 
     def tags_open_deals(rnd: random.Random) -> Query:
         chosen = pick_tags(rnd, rnd.choice((1, 2)))
-        w = f"open_deals > 0 AND {tag_sub(chosen)}"
         return listing(
             boss,
             crm.ClientFilter(tags=chosen, open_deals=True),
             order_of(rnd),
-            w,
-            chosen,
-            tag_count(chosen, "open_deals > 0"),
+            tags_filter(chosen, "open_deals > 0"),
         )
-
-    def scope_sub() -> str:
-        return "id IN (SELECT entity_id FROM clients__involved WHERE value = ?)"
 
     def own_clients(rnd: random.Random) -> Query:
         op = rnd.choice(world.operators)
+        holders = "SELECT entity_id FROM clients__involved WHERE value = ?"
+        probe = (
+            "EXISTS (SELECT 1 FROM clients__involved s WHERE s.entity_id = clients.id AND "
+            "s.value = ?)"
+        )
         return listing(
             op,
             crm.ClientFilter(),
             order_of(rnd),
-            scope_sub(),
-            [op],
-            ("SELECT count(*) FROM clients__involved WHERE value = ?", [op]),
+            Filter(f"id IN ({holders})", probe, holders, [op]),
         )
 
     def own_tags_due(rnd: random.Random) -> Query:
         op = rnd.choice(world.operators)
         chosen = pick_tags(rnd, 1)
-        w = f"next_task_due < ? AND {tag_sub(chosen)} AND {scope_sub()}"
-        args = [end_text, *chosen, op]
+        scoped = tags_filter(chosen, "next_task_due < ?", [end_text])
+        holders = "SELECT entity_id FROM clients__involved WHERE value = ?"
+        probe = (
+            "EXISTS (SELECT 1 FROM clients__involved s WHERE s.entity_id = clients.id AND "
+            "s.value = ?)"
+        )
         return listing(
             op,
             crm.ClientFilter(tags=chosen, tasks_due=True),
             order_of(rnd),
-            w,
-            args,
-            (f"SELECT count(*) FROM clients WHERE {w}", args),
+            Filter(
+                f"{scoped.found} AND id IN ({holders})",
+                f"{scoped.tested} AND {probe}",
+                f"{scoped.counted} AND id IN ({holders})",
+                [*scoped.params, op],
+            ),
         )
 
     stale_text = (NOW - timedelta(days=float(crm.setting(desk, "crm_stale_days")))).isoformat(
@@ -843,17 +873,16 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
                     "updated <= ? ORDER BY updated, id LIMIT 50",
                     (op, stale_text),
                 ).fetchall()
+                # The operator is involved with the clients they are responsible for (checked
+                # by verify), so the scope needs no test here.
                 fresh = conn.execute(
-                    "SELECT clients.* FROM events JOIN clients ON clients.id = events.client_id "
-                    "WHERE events.type = 'responsible_set' AND events.at >= ?1 AND "
-                    "json_extract(events.data, '$.responsible_id') = ?2 AND "
-                    "clients.responsible_id = ?2 ORDER BY events.at DESC, events.id DESC",
-                    (since_text, op),
+                    "SELECT * FROM clients WHERE responsible_id = ? AND responsible_at >= ? "
+                    "ORDER BY responsible_at DESC, id DESC LIMIT 50",
+                    (op, since_text),
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
-            newly = list(dict.fromkeys(r[0] for r in fresh))[:50]
-            ids = tuple(r[0] for r in todo) + tuple(r[0] for r in stale) + tuple(newly)
+            ids = tuple(r[0] for r in (*todo, *stale, *fresh))
             return Answer(ids, len(todo) * 10_000 + len(stale) * 100), None
 
         return Query(engine, manual)
@@ -947,7 +976,7 @@ def run_case(case: Case, queries: int, seed: int, budget: float) -> Result:
 def profile(desk: HelpDesk, hand: Hand, result: Result) -> list[str]:
     """The engine's statements for the slowest query of a case: each one's time run raw (median
     of 5) and its query plan; and the engine's whole call."""
-    conn = desk.storage._connect()  # type: ignore[attr-defined]  # the bench looks inside
+    conn = desk.storage._connect(write=False)  # type: ignore[attr-defined]  # the bench looks inside
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
     try:
@@ -1000,7 +1029,7 @@ def main() -> int:
     )
     world = build(args.db, params)
     desk = open_desk(args.db)
-    hand = Hand(args.db)
+    hand = Hand(args.db, int(crm.setting(desk, "crm_count_limit")))
     cases = make_cases(desk, hand, world)
     if args.cases:
         wanted = set(args.cases.split(","))

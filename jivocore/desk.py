@@ -74,7 +74,17 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
     EntityType(
         name="clients",
         cls=Client,
-        indexes=(("responsible_id",), ("status",), ("open_deals",), ("next_task_due",)),
+        # The listings' orders (created, name) with `id` to break ties, so a page walks an index
+        # and stops; the common equalities before `created`, so they walk one too.
+        indexes=(
+            ("created", "id"),
+            ("name", "id"),
+            ("responsible_id", "created", "id"),
+            ("status", "created", "id"),
+            ("open_deals",),
+            ("next_task_due",),
+            ("responsible_id", "responsible_at", "id"),
+        ),
         members=("involved", "tags"),
         searchable=("name", "emails", "phones"),
     ),
@@ -421,7 +431,7 @@ class HelpDesk:
             client = work.tx.get(Client, saved.client_id)
             edited = attrs.evolve(client, involved=client.involved | saved.involved)
             if command == "accept" and client.responsible_id is None:
-                edited = attrs.evolve(edited, responsible_id=actor.id)
+                edited = attrs.evolve(edited, responsible_id=actor.id, responsible_at=work.now)
                 work.record(
                     "responsible_set",
                     actor_id=actor.id,

@@ -100,6 +100,9 @@ class Client:
     # client filters answer "has open deals" / "has tasks due" from an index, without joins.
     open_deals: int = 0  # how many of the client's deals are open
     next_task_due: datetime | None = attrs.field(default=None, validator=_utc)  # earliest undone
+    # When `responsible_set` last gave the client to `responsible_id` (a first accept, an edit):
+    # "newly assigned" is then an indexed range, not a scan of the event log.
+    responsible_at: datetime | None = attrs.field(default=None, validator=_utc)
 
     def blocked(self, now: datetime) -> bool:
         return self.block is not None and self.block.active(now)

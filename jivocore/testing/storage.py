@@ -104,7 +104,7 @@ class Ticket:
 ITEMS = EntityType(
     name="contract_items",
     cls=Item,
-    indexes=(("size",), ("at", "id")),
+    indexes=(("size",), ("at", "id"), ("colour", "at", "id")),
     unique=(("code",),),
     members=("tags",),
     searchable=("title", "body"),
@@ -763,8 +763,19 @@ class StorageContract:
                 tx.add(item)
             assert [i.id for i in tx.select(Item, where)] == expected
             assert tx.count(Item, where) == len(expected)
+            for limit in (0, 1, 3, 30):
+                assert tx.count(Item, where, limit=limit) == min(limit, len(expected))
 
         self.rolled_back(storage, work)
+
+    def test_a_count_stops_at_its_limit(self, storage: Storage, some: list[Item]) -> None:
+        with storage.transaction(write=False) as tx:
+            assert tx.count(Item, limit=2) == 2
+            assert tx.count(Item, {"tags": HasAny(["red", "blue"])}, limit=1) == 1
+            assert tx.count(Item, {"tags": HasAny(["red"])}, limit=5) == 2
+            assert tx.count(Item, {"size": Range(ge=2)}, limit=0) == 0
+            with pytest.raises(ValidationError):
+                tx.count(Item, limit=-1)
 
     # order and keyset pagination ---------------------------------------------------------------
 
@@ -838,6 +849,41 @@ class StorageContract:
             for item in items:
                 tx.add(item)
             assert [i.id for i in tx.select(Item, where, order=order)] == expected
+            assert self._walk(tx, where, order, limit) == expected
+
+        self.rolled_back(storage, work)
+
+    @given(
+        items=_items(max_size=60),
+        order=st.sampled_from([["at"], ["-at"], ["at", "id"], ["-at", "-id"]]),
+        limit=st.integers(1, 7),
+        where=_conditions(),
+        colour=st.none() | st.sampled_from(Colour),
+    )
+    @_CHECKS
+    def test_pages_in_an_indexed_order(
+        self,
+        storage: Storage,
+        items: list[Item],
+        order: list[str],
+        limit: int,
+        where: dict[str, Any],
+        colour: Colour | None,
+    ) -> None:
+        """Orders an index holds (`at`, `id`; and after an equal `colour`), under filters dense
+        and sparse: a backend may walk the index or sort the matches, and must list the same.
+        Times are few, so many items share one."""
+        items = [attrs.evolve(i, at=T0 + timedelta(minutes=int(i.id[-1]))) for i in items]
+        if colour is not None:
+            where = {**where, "colour": colour}
+        expected = [i.id for i in in_order(items, order) if matches(i, where)]
+
+        def work(tx: Transaction) -> None:
+            for item in items:
+                tx.add(item)
+            assert [i.id for i in tx.select(Item, where, order=order, limit=limit)] == (
+                expected[:limit]
+            )
             assert self._walk(tx, where, order, limit) == expected
 
         self.rolled_back(storage, work)

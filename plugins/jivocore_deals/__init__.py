@@ -28,7 +28,7 @@ from jivocore import (
     hookimpl,
     new_id,
 )
-from jivocore_crm import Listing, involve, visible_client, visible_client_ids
+from jivocore_crm import Listing, counted, involve, visible_client, visible_client_ids
 
 DEFAULT_PIPELINE = ("new", "qualified", "proposal", "negotiation")
 
@@ -308,7 +308,7 @@ def find_deals(
             if visible is not None:
                 where["client_id"] = In(sorted(visible))
         page = tx.page(Deal, where, order=order, after=after, limit=limit)
-        return Listing(page.items, page.next, tx.count(Deal, where))
+        return counted(desk, tx, Deal, where, page)
 
 
 def move_deals(work: Work, from_client_id: str, to_client_id: str) -> int:

@@ -432,13 +432,21 @@ class PostgresTransaction:
         cursor = make_cursor(self.converter, etype, items[-1], parsed) if more else None
         return Page(tuple(items), cursor)
 
-    def count(self, cls: type[Any], where: Where | None = None) -> int:
+    def count(self, cls: type[Any], where: Where | None = None, *, limit: int | None = None) -> int:
+        if limit is not None and limit < 0:
+            raise ValidationError(f"a count stops at a number of 0 or more, not {limit}")
         etype = self.tables.of(cls)
         clauses, params = self._where(etype, where)
-        query = f"SELECT count(*) AS n FROM {q(etype.name)}"
+        query = f"SELECT 1 FROM {q(etype.name)}"
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
-        row = self._execute(query, params, what=f"cannot count {cls.__name__}").fetchone()
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        row = self._execute(
+            f"SELECT count(*) AS n FROM ({query}) AS matches",
+            params,
+            what=f"cannot count {cls.__name__}",
+        ).fetchone()
         return int(row["n"]) if row else 0
 
     def search(

@@ -39,7 +39,7 @@ from jivocore import (
     new_id,
     schedule,
 )
-from jivocore_crm import Listing, day_bounds, involve, visible_client, visible_client_ids
+from jivocore_crm import Listing, counted, day_bounds, involve, visible_client, visible_client_ids
 
 TIMER = "task_due"
 
@@ -302,7 +302,7 @@ def find_tasks(
             if visible is not None:
                 where["client_id"] = In(sorted(visible))
         page = tx.page(Task, where, order=order, after=after, limit=limit)
-        return Listing(page.items, page.next, tx.count(Task, where))
+        return counted(desk, tx, Task, where, page)
 
 
 def overdue(desk: HelpDesk, operator_id: str, *, limit: int = 50) -> Listing[Task]:
