@@ -13,6 +13,8 @@ import websockets
 from click.testing import CliRunner
 from starlette.routing import Route, WebSocketRoute
 
+import jivocore_deals
+import jivocore_tasks
 from jivocore import FakeClock, HelpDesk
 from jivocore.cli import make_cli
 from jivocore_webchat import WebChat, add_login, make_app, openapi
@@ -225,6 +227,18 @@ def test_a_visitor_token_cannot_read_or_write_another_conversation(site: Desk) -
     assert site.http.get("/api/inbox", headers=alice_auth).status_code == 401
     assert site.http.get("/api/visitor/messages", headers=operator_token).status_code == 401
 
+    async def socket() -> None:  # asking the socket for Alice's conversation gets one's own
+        mallory = mallory_auth["Authorization"].split()[1]
+        url = f"{site.ws}/api/visitor/ws?token={mallory}&conversation_id={cid}&after=0"
+        async with websockets.connect(url) as ws:
+            mine = await recv(ws, "message")
+            assert mine["text"] == "hi" and mine["conversation_id"] != cid
+            site.desk.receive("web", alice, "another secret")
+            with pytest.raises(TimeoutError):
+                await recv(ws, "message", timeout=0.7)
+
+    asyncio.run(socket())
+
 
 def test_a_revoked_token_is_refused_on_http_and_closes_its_websocket(site: Desk) -> None:
     ann, auth = site.login("ann", role="admin")
@@ -369,6 +383,8 @@ def test_serve_is_a_jivocore_command_and_demo_seeds_every_view(tmp_path: Any) ->
     ann = next(o for o in desk.operators() if o.name == "Ann")
     assert desk.inbox(ann.id) and desk.chats(ann.id) and desk.archive(ann.id).items
     assert desk.archive(ann.id, text="invoice").items
+    assert jivocore_deals.find_deals(desk, ann.id).count == 1  # the CRM page has its lists
+    assert jivocore_tasks.find_tasks(desk, ann.id).count == 1
     app = make_app(desk, web)
     with running(app) as base:
         r = httpx.post(base + "/api/login", json={"login": "bob", "password": made[1][2]})

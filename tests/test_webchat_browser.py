@@ -4,15 +4,22 @@ and whatever anyone typed is shown as text. Screenshots go to artifacts/webchat/
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+import jivocore_crm
+import jivocore_deals
+import jivocore_tags
 import jivocore_tasks
 from jivocore import FakeClock, HelpDesk
 from jivocore_webchat import WebChat, add_login, make_app
@@ -81,6 +88,7 @@ def log_in(browser: Any, site: Site, name: str) -> Any:
     page.get_by_label("Password").fill(f"{name.lower()}-password")
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#me")).to_contain_text(name)
+    expect(page.locator("#login")).to_be_hidden()
     return page
 
 
@@ -201,11 +209,115 @@ def test_a_conversation_through_every_tab(browser: Any, site: Site) -> None:
     expect(ann.locator(".clients .client-name")).to_have_count(2)
     ann.get_by_label("client search").fill("acme")
     ann.get_by_role("button", name="Filter").click()
-    expect(ann.locator(".crm p")).to_have_text("1 clients")
+    expect(ann.locator(".crm .count")).to_have_text("1 clients")
     expect(ann.locator(".clients .client-name")).to_have_text("Acme <b>Ltd</b>")
     shot(ann, "crm")
     shot(visitor, "widget")
     no_script_ran(visitor, ann, bob)
+
+
+def test_crm_imports_and_exports_csv_and_lists_deals_and_tasks(
+    browser: Any, site: Site, tmp_path: Path
+) -> None:
+    ann_id = site.ids["Ann"]
+    acme = jivocore_crm.add_client(site.desk, ann_id, XSS_NAME)
+    jivocore_tags.tag_client(site.desk, acme.id, XSS_TAG, ann_id)
+    deal = jivocore_deals.create_deal(site.desk, acme.id, ann_id, XSS_TEXT, amount="99.90")
+    jivocore_deals.create_deal(site.desk, acme.id, ann_id, "Old desks")
+    now = site.clock.now()
+    jivocore_tasks.create_task(site.desk, acme.id, ann_id, XSS_TEXT, now + timedelta(hours=1))
+    jivocore_tasks.create_task(site.desk, acme.id, ann_id, "Quote", now + timedelta(days=5))
+    site.clock.advance(2 * 3600)  # the first task is overdue now
+    ann = log_in(browser, site, "Ann")
+    tab(ann, "crm")
+    crm = ann.locator(".crm")
+    expect(crm.locator(".clients .client-name")).to_have_text(XSS_NAME)
+    expect(crm.locator(".clients .tag")).to_have_text(XSS_TAG)
+
+    # Import: the plan first, with the rejected row; nothing is written until Import.
+    upload = tmp_path / "clients.csv"
+    upload.write_text(
+        f"Name;E-mail;Tags\n{XSS_NAME} Jr;jr@example.org;{XSS_TAG}\nNobody;nobody@;\n",
+        encoding="utf-8",
+    )
+    ann.get_by_label("CSV file").set_input_files(str(upload))
+    expect(crm.locator(".import .chosen")).to_have_text("clients.csv")
+    ann.get_by_role("button", name="Check file").click()
+    report = crm.locator(".import .report")
+    expect(report).to_have_attribute("data-dry-run", "true")
+    expect(report.locator(".summary")).to_contain_text("would create 1")
+    expect(report.locator(".rejected .reason")).to_contain_text("nobody@")
+    assert len(site.desk.clients().items) == 1
+    shot(ann, "crm-import-plan")
+    ann.get_by_role("button", name="Import", exact=True).click()
+    expect(report).to_have_attribute("data-dry-run", "false")
+    expect(report.locator(".summary")).to_contain_text("did create 1")
+    expect(crm.locator(".clients .client-name")).to_have_count(2)
+    expect(crm.locator(".clients .client-name").first).to_have_text(XSS_NAME + " Jr")
+    with ann.expect_download() as rejected:
+        ann.get_by_role("button", name="Download rejected rows").click()
+    rows = Path(rejected.value.path()).read_text(encoding="utf-8-sig").splitlines()
+    assert rows[0] == "Name;E-mail;Tags;error" and rows[1].startswith("Nobody;nobody@;")
+    shot(ann, "crm-clients")
+
+    # Export with the filters shown: the search keeps the imported client only.
+    ann.get_by_label("client search").fill("jr")
+    ann.get_by_role("button", name="Filter").click()
+    expect(crm.locator(".count")).to_have_text("1 clients")
+    with ann.expect_download() as exported:
+        ann.get_by_role("button", name="Export CSV").click()
+    assert exported.value.suggested_filename == "clients.csv"
+    text = Path(exported.value.path()).read_text(encoding="utf-8-sig")
+    header, *rows = csv.reader(io.StringIO(text))
+    assert [row[header.index("name")] for row in rows] == [XSS_NAME + " Jr"]
+
+    # Deals, with their filters.
+    crm.locator("[data-crm=deals]").click()
+    expect(ann.locator(".crm")).to_have_attribute("data-crm", "deals")
+    deals = ann.locator(".crm .deals")
+    expect(deals.locator("tr[data-id]")).to_have_count(2)
+    row = deals.locator(f"tr[data-id='{deal.id}']")
+    expect(row.locator(".title")).to_have_text(XSS_TEXT)
+    expect(row.locator(".client-name")).to_have_text(XSS_NAME)
+    expect(row).to_contain_text("99.90 USD")
+    shot(ann, "crm-deals")
+    ann.get_by_label("deal status").select_option("won")
+    ann.get_by_role("button", name="Filter").click()
+    expect(ann.locator(".crm .count")).to_have_text("0 deals")
+
+    # Tasks: the overdue filter keeps the one whose time has passed.
+    ann.locator(".crm [data-crm=tasks]").click()
+    tasks = ann.locator(".crm .tasks")
+    expect(tasks.locator("tr[data-id]")).to_have_count(2)
+    ann.get_by_label("due").select_option("overdue")
+    ann.get_by_role("button", name="Filter").click()
+    expect(tasks.locator("tr[data-id] .title")).to_have_text([XSS_TEXT])
+    expect(tasks.locator("tr[data-id] .client-name")).to_have_text([XSS_NAME])
+    shot(ann, "crm-tasks")
+
+    # My day: the overdue task, marked.
+    ann.locator(".crm [data-crm=today]").click()
+    expect(ann.locator(".today .overdue-count")).to_have_text("1 overdue")
+    expect(ann.locator(".today .tasks tr.overdue .title")).to_have_text(XSS_TEXT)
+    shot(ann, "crm-today")
+    assert ann.locator(".crm img, .crm script, .crm svg, .crm b").count() == 0
+    no_script_ran(ann)
+
+
+def test_a_revoked_token_ends_the_console_session(browser: Any, site: Site) -> None:
+    bob = log_in(browser, site, "Bob")
+    ann = log_in(browser, site, "Ann")
+    ann_token = ann.evaluate("sessionStorage.getItem('jivocore.token')")
+    r = httpx.post(
+        f"{site.base}/api/operators/{site.ids['Bob']}/revoke",
+        headers={"Authorization": f"Bearer {ann_token}"},
+    )
+    assert r.json() == {"revoked": 1}
+    # Bob's open socket is closed with 4401: his console goes back to the login form.
+    expect(bob.locator("#login")).to_be_visible()
+    expect(bob.locator("#login-error")).to_have_text("Your session ended: log in again.")
+    expect(bob.locator("#app")).to_be_hidden()
+    expect(ann.locator("#app")).to_be_visible()
 
 
 def test_widget_shows_no_operator_and_rate_limit(browser: Any, site: Site) -> None:

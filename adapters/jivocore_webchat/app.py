@@ -9,9 +9,13 @@ import contextlib
 import json
 import logging
 import math
+import os
+import re
+import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -21,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -30,25 +34,39 @@ import jivocore_deals
 import jivocore_tags
 import jivocore_tasks
 from jivocore import (
+    Client,
     ClientBlocked,
     ClientIdentity,
+    ConfigurationError,
     ConflictError,
     Conversation,
+    ConversationStatistics,
     HelpDesk,
+    In,
     InvalidTransition,
     JivoError,
     NotFoundError,
     Operator,
+    Outcome,
     PermissionDenied,
+    Presence,
     Role,
     State,
     ValidationError,
     Vetoed,
+    new_id,
 )
 
 from . import auth
 from .auth import Unauthorized, WebToken
 from .channel import Payload, WebChat, message_payload
+from .schemas import BOOLEAN, INTEGER, STRING, Schema, array, components, nullable, obj, ref
+from .transfer import Download, TooLarge, receive_file, stream
+
+try:  # the CSV plugin needs the csv extra (phonenumbers): without it, import/export answer 501
+    import jivocore_csv
+except ImportError:  # pragma: no cover - the dev extra installs it
+    jivocore_csv = None
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +75,26 @@ DEFAULTS: Mapping[str, Any] = {
     "webchat_rate_burst": 10,  # messages a visitor may send at once
     "webchat_rate_per_second": 1.0,  # and then this many a second
     "webchat_tick": 0.2,  # seconds between outbox passes
+    "webchat_max_upload_bytes": 200 * 1024 * 1024,  # a CSV file to import
 }
+
+
+class Unavailable(ConfigurationError):
+    """What the request needs is not installed (HTTP 501)."""
+
+
+class BadRequest(JivoError):
+    """The body is not a JSON object (HTTP 400)."""
+
+
+class PayloadTooLarge(JivoError):
+    """The body is over the size limit (HTTP 413)."""
+
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (  # the most specific class first
     (Unauthorized, 401),
+    (Unavailable, 501),
+    (PayloadTooLarge, 413),
     (ValidationError, 422),
     (NotFoundError, 404),
     (ClientBlocked, 403),
@@ -120,11 +154,23 @@ class RateLimit:
         return (1 - tokens) / self.rate
 
 
+def _strings(values: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in values)
+
+
 @attrs.frozen
 class Field:
+    """A query parameter or a property of a JSON body. Strings never hold NUL (the storage
+    refuses it); a required string is not blank."""
+
     name: str
-    type: str = "string"  # JSON schema type
+    type: str = "string"  # JSON schema type: string, integer or boolean
     required: bool = False
+    choices: tuple[str, ...] = attrs.field(default=(), converter=_strings)  # when they are few
+    min_length: int = 0
+    max_length: int | None = None
+    pattern: str | None = None  # a regular expression the whole string matches
+    format: str | None = None  # "date-time": ISO 8601, given to the handler as a UTC datetime
 
 
 @attrs.frozen
@@ -133,10 +179,13 @@ class Endpoint:
     path: str
     summary: str
     handler: Callable[[Call], Any]
+    returns: Schema  # the JSON schema of a 200 answer
     body: tuple[Field, ...] = ()
     query: tuple[Field, ...] = ()
     auth: str = "operator"  # operator | visitor | none
     tag: str = "console"
+    upload: str | None = None  # the media type of a file body (streamed to a temporary file)
+    rate_limited: bool = False  # 429 with Retry-After
 
 
 @attrs.define
@@ -152,6 +201,7 @@ class Call:
     operator: Operator | None = None
     token: WebToken | None = None
     visitor_id: str | None = None
+    upload: str | None = None  # the path of the uploaded file
 
     @property
     def me(self) -> Operator:
@@ -169,7 +219,20 @@ class AppState:
             float(self.settings["webchat_rate_per_second"]),
         )
         self.max_bytes = int(self.settings["webchat_max_message_bytes"])
+        self.max_upload = int(self.settings["webchat_max_upload_bytes"])
         self.wake = asyncio.Event()
+        # Uploads while they are imported, and the rejected rows of the last imports.
+        self.files = tempfile.TemporaryDirectory(prefix="jivocore-webchat-")
+        self.rejected: dict[str, tuple[str, str]] = {}  # import id -> (operator id, path)
+        self.lock = threading.Lock()
+
+    def keep_rejected(self, import_id: str, operator_id: str, path: str) -> None:
+        with self.lock:
+            self.rejected[import_id] = (operator_id, path)
+            while len(self.rejected) > REJECTED_KEPT:
+                _, oldest = self.rejected.pop(next(iter(self.rejected)))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(oldest)
 
     def deliver_soon(self) -> None:
         loop = self.web.hub.loop
@@ -348,18 +411,8 @@ def tag(call: Call) -> Any:
     return _json(call.desk, saved)
 
 
-def _when(value: Any, default: datetime) -> datetime:
-    if value in (None, ""):
-        return default
-    try:
-        when = datetime.fromisoformat(str(value))
-    except ValueError as exc:
-        raise ValidationError(f"{value!r} is not an ISO date and time", field="due") from exc
-    return when if when.tzinfo else when.replace(tzinfo=default.tzinfo)
-
-
 def task(call: Call) -> Any:
-    due = _when(call.body.get("due"), call.desk.clock.now() + timedelta(days=1))
+    due = call.body.get("due") or call.desk.clock.now() + timedelta(days=1)
     saved = jivocore_tasks.task_from_conversation(
         call.desk, call.params["conversation_id"], call.me.id, _text(call, "title"), due
     )
@@ -367,13 +420,12 @@ def task(call: Call) -> Any:
 
 
 def deal(call: Call) -> Any:
-    amount = call.body.get("amount") or "0"
-    try:
-        value = Decimal(str(amount))
-    except ArithmeticError as exc:
-        raise ValidationError(f"{amount!r} is not an amount", field="amount") from exc
     saved = jivocore_deals.deal_from_conversation(
-        call.desk, call.params["conversation_id"], call.me.id, _text(call, "title"), amount=value
+        call.desk,
+        call.params["conversation_id"],
+        call.me.id,
+        _text(call, "title"),
+        amount=call.body.get("amount") or "0",
     )
     return _json(call.desk, saved)
 
@@ -382,17 +434,21 @@ def block(call: Call) -> Any:
     return _json(call.desk, call.desk.block(call.params["client_id"], call.me.id))
 
 
+def _client_filter(q: Mapping[str, Any]) -> jivocore_crm.ClientFilter:
+    return jivocore_crm.ClientFilter(
+        responsible_id=q.get("responsible_id") or None,
+        statuses=[q["status"]] if q.get("status") else (),
+        tags=[q["tag"]] if q.get("tag") else (),
+        text=q.get("text") or "",
+    )
+
+
 def clients(call: Call) -> Any:
     q = call.query
     listing = jivocore_crm.find_clients(
         call.desk,
         call.me.id,
-        jivocore_crm.ClientFilter(
-            responsible_id=q.get("responsible_id") or None,
-            statuses=[q["status"]] if q.get("status") else (),
-            tags=[q["tag"]] if q.get("tag") else (),
-            text=q.get("text") or "",
-        ),
+        _client_filter(q),
         after=q.get("after") or None,
         limit=int(q.get("limit") or 50),
     )
@@ -427,6 +483,158 @@ def client(call: Call) -> Any:
 
 def statuses(call: Call) -> Any:
     return list(jivocore_crm.statuses(call.desk))
+
+
+def _with_client_names(call: Call, items: Any) -> list[dict[str, Any]]:
+    """Deals or tasks, each with its client's name (the listings keep to clients I see)."""
+    ids = sorted({item.client_id for item in items})
+    with call.desk.reading() as tx:
+        names = {c.id: c.name for c in tx.select(Client, {"id": In(ids)})} if ids else {}
+    return [
+        {**_json(call.desk, item), "client_name": names.get(item.client_id, "")} for item in items
+    ]
+
+
+def deals(call: Call) -> Any:
+    q = call.query
+    listing = jivocore_deals.find_deals(
+        call.desk,
+        call.me.id,
+        client_id=q.get("client_id") or None,
+        status=q.get("status") or None,
+        stages=[q["stage"]] if q.get("stage") else (),
+        responsible_id=q.get("responsible_id") or None,
+        after=q.get("after") or None,
+        limit=int(q.get("limit") or 50),
+    )
+    items = _with_client_names(call, listing.items)
+    return {"items": items, "next": listing.next, "count": listing.count}
+
+
+def stages(call: Call) -> Any:
+    return list(jivocore_deals.pipeline(call.desk))
+
+
+TASK_STATES = {"open": False, "done": True, "any": None}
+
+
+def tasks(call: Call) -> Any:
+    q = call.query
+    listing = jivocore_tasks.find_tasks(
+        call.desk,
+        call.me.id,
+        client_id=q.get("client_id") or None,
+        assignee_id=q.get("assignee_id") or None,
+        done=TASK_STATES[q.get("state") or "open"],
+        due=q.get("due") or None,
+        after=q.get("after") or None,
+        limit=int(q.get("limit") or 50),
+    )
+    items = _with_client_names(call, listing.items)
+    return {"items": items, "next": listing.next, "count": listing.count}
+
+
+def today(call: Call) -> Any:
+    work = jivocore_crm.today(call.desk, call.me.id)
+    late = jivocore_tasks.overdue(call.desk, call.me.id)
+    overdue = {t.id for t in late.items}
+    return {
+        "tasks": [
+            {**t, "overdue": t["id"] in overdue} for t in _with_client_names(call, work.tasks)
+        ],
+        "deals": _with_client_names(call, work.deals),
+        "clients": [_json(call.desk, c) for c in work.clients],
+        "overdue": late.count,
+    }
+
+
+# --- CSV import and export (jivocore_csv) -------------------------------------------------------
+
+DELIMITERS = {",": ",", ";": ";", "|": "|", "tab": "\t"}
+ENCODINGS = ("utf-8-sig", "utf-8", "utf-16")  # those jivocore_csv exports
+ERRORS_SHOWN = 1000  # rejected rows listed in an import's answer; all are in its rejected file
+REJECTED_KEPT = 20  # rejected-rows files kept for download, the newest
+
+
+def _csv() -> Any:
+    if jivocore_csv is None:
+        raise Unavailable("CSV import and export need the csv extra: pip install 'jivocore[csv]'")
+    return jivocore_csv
+
+
+def import_clients(call: Call) -> Any:
+    csv = _csv()
+    if not jivocore_crm.sees_all(call.me):
+        raise PermissionDenied(
+            "an import may update any client it matches: only operators who see every client "
+            "(managers, admins) import",
+            operator_id=call.me.id,
+        )
+    assert call.upload is not None
+    q = call.query
+    import_id = new_id(call.desk.clock.now())
+    rejected = os.path.join(call.state.files.name, f"{import_id}.rejected.csv")
+    try:
+        report = csv.import_clients(
+            call.desk,
+            call.upload,
+            dry_run=bool(q.get("dry_run")),
+            encoding=q.get("encoding") or None,
+            delimiter=DELIMITERS.get(q.get("delimiter") or ""),
+            region=q.get("region") or None,
+            duplicates=q.get("duplicates") or None,
+            rejected=rejected,
+        )
+    except ConfigurationError as exc:  # a bad option of this request, not of the desk
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rejected)
+        raise ValidationError(str(exc)) from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rejected)
+        raise
+    if report.rejected:
+        call.state.keep_rejected(import_id, call.me.id, rejected)
+    else:
+        os.unlink(rejected)
+    return {
+        "dry_run": report.dry_run,
+        "summary": report.summary(),
+        "format": attrs.asdict(report.format) if report.format else None,
+        **{
+            name: getattr(report, name)
+            for name in ("rows", "created", "updated", "unchanged", "merged", "rejected", "indexed")
+        },
+        "errors": [attrs.asdict(e) for e in report.errors[:ERRORS_SHOWN]],
+        "rejected_file": f"api/clients/import/{import_id}/rejected" if report.rejected else None,
+    }
+
+
+def rejected_rows(call: Call) -> Any:
+    owner, path = call.state.rejected.get(call.params["import_id"], ("", ""))
+    if owner != call.me.id or not os.path.exists(path):
+        raise NotFoundError("no rejected rows of yours by that id; import the file again")
+    return FileResponse(path, media_type="text/csv; charset=utf-8", filename="rejected.csv")
+
+
+def export_clients(call: Call) -> Any:
+    csv = _csv()
+    q = call.query
+    encoding = q.get("encoding") or "utf-8-sig"
+    filter = _client_filter(q)
+
+    def write(out: Any) -> None:
+        csv.export_clients(
+            call.desk,
+            out,
+            call.me.id,
+            filter,
+            delimiter=DELIMITERS[q.get("delimiter") or ","],
+            encoding=encoding,
+        )
+
+    charset = "utf-16" if encoding == "utf-16" else "utf-8"
+    return Download("clients.csv", f"text/csv; charset={charset}", write)
 
 
 def visitor_session(call: Call) -> Any:
@@ -473,29 +681,79 @@ def receive_from_visitor(
     return payload
 
 
-S, INT = "string", "integer"
+S, INT, BOOL = "string", "integer", "boolean"
+AMOUNT = r"[0-9]{1,15}(\.[0-9]{1,4})?"
+LIMIT = Field("limit", INT)
+CURSOR = Field("after")
+
+MESSAGE = obj(
+    {
+        "type": {"type": "string", "enum": ["message"]},
+        "id": STRING,
+        "conversation_id": STRING,
+        "seq": INTEGER,
+        "author": STRING,
+        "name": STRING,
+        "text": STRING,
+        "at": {"type": "string", "format": "date-time"},
+    }
+)
+VIEW_PARTS = {"conversation": ref(Conversation), "client": ref(Client), "preview": STRING}
+VIEW = obj(VIEW_PARTS)
+STATISTICS = ref(ConversationStatistics)
+OK = obj({"ok": BOOLEAN})
+
+
+def with_client_name(cls: type[Any], **more: Schema) -> Schema:
+    return {"allOf": [ref(cls), obj({"client_name": STRING, **more})]}
+
+
+def listing(items: Schema) -> Schema:
+    return obj({"items": array(items), "next": nullable(STRING), "count": INTEGER})
+
+
+DEAL = with_client_name(jivocore_deals.Deal)
+TASK = with_client_name(jivocore_tasks.Task)
+IMPORT_REPORT = obj(
+    {
+        "dry_run": BOOLEAN,
+        "summary": STRING,
+        "format": nullable(obj({"encoding": STRING, "delimiter": STRING})),
+        **dict.fromkeys(
+            ("rows", "created", "updated", "unchanged", "merged", "rejected", "indexed"), INTEGER
+        ),
+        "errors": array(
+            obj({"record": INTEGER, "line": INTEGER, "column": STRING, "reason": STRING})
+        ),
+        "rejected_file": nullable(STRING),
+    }
+)
+CSV_FILE: Schema = {"type": "string", "format": "binary"}
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/api/login",
         "Log in: a bearer token for the console; the operator goes online",
         login,
+        obj({"token": STRING, "operator": ref(Operator)}),
         body=(Field("login", S, True), Field("password", S, True)),
         auth="none",
     ),
-    Endpoint("POST", "/api/logout", "Revoke this token (its WebSockets close)", logout),
-    Endpoint("GET", "/api/me", "The operator this token belongs to", me),
-    Endpoint("GET", "/api/operators", "Every operator, by name", operators),
+    Endpoint("POST", "/api/logout", "Revoke this token (its WebSockets close)", logout, OK),
+    Endpoint("GET", "/api/me", "The operator this token belongs to", me, ref(Operator)),
+    Endpoint("GET", "/api/operators", "Every operator, by name", operators, array(ref(Operator))),
     Endpoint(
         "POST",
         "/api/operators",
         "Add an operator with a console login (admins)",
         add_operator,
+        ref(Operator),
         body=(
             Field("name", S, True),
             Field("login", S, True),
-            Field("password", S, True),
-            Field("role", S),
+            Field("password", S, True, min_length=8),
+            Field("role", S, choices=tuple(Role)),
         ),
     ),
     Endpoint(
@@ -503,35 +761,44 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/operators/{operator_id}/revoke",
         "Revoke every token of an operator (their own, or anyone's for admins)",
         revoke,
+        obj({"revoked": INTEGER}),
     ),
     Endpoint(
         "POST",
         "/api/presence",
         "Set my presence: online, away, offline",
         presence,
-        body=(Field("presence", S, True),),
+        ref(Operator),
+        body=(Field("presence", S, True, choices=tuple(Presence)),),
     ),
-    Endpoint("GET", "/api/inbox", "Inbox: waiting conversations, less those I ignored", inbox),
-    Endpoint("GET", "/api/chats", "Chats: my active conversations", chats),
+    Endpoint("GET", "/api/inbox", "Inbox: waiting, less those I ignored", inbox, array(VIEW)),
+    Endpoint("GET", "/api/chats", "Chats: my active conversations", chats, array(VIEW)),
     Endpoint(
         "GET",
         "/api/archive",
         "All: closed conversations I may see, with statistics; search and filters",
         archive,
+        obj(
+            {
+                "items": array(obj({**VIEW_PARTS, "statistics": STATISTICS})),
+                "next": nullable(STRING),
+            }
+        ),
         query=(
             Field("text"),
-            Field("outcome"),
+            Field("outcome", choices=tuple(Outcome)),
             Field("channel"),
             Field("tag"),
-            Field("after"),
-            Field("limit", INT),
+            CURSOR,
+            LIMIT,
         ),
     ),
     Endpoint(
         "GET",
         "/api/conversations/{conversation_id}",
-        "A conversation with its client, messages and statistics",
+        "A conversation with its client, messages and statistics (once accepted)",
         conversation,
+        obj({**VIEW_PARTS, "messages": array(MESSAGE)}, {"statistics": STATISTICS}),
     ),
     *(
         Endpoint(
@@ -539,6 +806,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             f"/api/conversations/{{conversation_id}}/{name}",
             f"{name.capitalize()} the conversation",
             _command(name),
+            ref(Conversation),
         )
         for name in ("accept", "ignore", "close", "join", "leave")
     ),
@@ -547,6 +815,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/conversations/{conversation_id}/reply",
         "Reply to the client",
         reply,
+        MESSAGE,
         body=(Field("text", S, True),),
     ),
     Endpoint(
@@ -554,6 +823,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/conversations/{conversation_id}/transfer",
         "Transfer to an online colleague",
         transfer,
+        ref(Conversation),
         body=(Field("operator_id", S, True),),
     ),
     Endpoint(
@@ -561,6 +831,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/conversations/{conversation_id}/invite",
         "Invite an online colleague",
         invite,
+        ref(Conversation),
         body=(Field("operator_id", S, True),),
     ),
     Endpoint(
@@ -568,34 +839,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/conversations/{conversation_id}/tags",
         "Add a tag to the conversation and its client",
         tag,
-        body=(Field("name", S, True),),
+        ref(Conversation),
+        body=(Field("name", S, True, max_length=64),),
     ),
     Endpoint(
         "POST",
         "/api/conversations/{conversation_id}/tasks",
         "Create a task on the conversation's client",
         task,
-        body=(Field("title", S, True), Field("due", S)),
+        ref(jivocore_tasks.Task),
+        body=(Field("title", S, True), Field("due", S, format="date-time")),
     ),
     Endpoint(
         "POST",
         "/api/conversations/{conversation_id}/deals",
         "Create a deal on the conversation's client",
         deal,
-        body=(Field("title", S, True), Field("amount", S)),
+        ref(jivocore_deals.Deal),
+        body=(Field("title", S, True), Field("amount", S, pattern=AMOUNT)),
     ),
     Endpoint(
         "GET",
         "/api/clients",
         "CRM: clients I may see, filtered",
         clients,
+        listing(ref(Client)),
         query=(
             Field("responsible_id"),
             Field("status"),
             Field("tag"),
             Field("text"),
-            Field("after"),
-            Field("limit", INT),
+            CURSOR,
+            LIMIT,
         ),
         tag="crm",
     ),
@@ -604,15 +879,64 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/clients",
         "CRM: add a client",
         add_client,
+        ref(Client),
         body=(Field("name", S, True), Field("email"), Field("phone"), Field("status")),
         tag="crm",
     ),
-    Endpoint("GET", "/api/statuses", "CRM: the client statuses", statuses, tag="crm"),
+    Endpoint("GET", "/api/statuses", "CRM: client statuses", statuses, array(STRING), tag="crm"),
+    Endpoint(
+        "POST",
+        "/api/clients/import",
+        "CRM: import clients from a CSV file (the body); with dry_run, the plan only. Managers "
+        "and admins",
+        import_clients,
+        IMPORT_REPORT,
+        query=(
+            Field("dry_run", BOOL),
+            Field("encoding"),
+            Field("delimiter", choices=tuple(DELIMITERS)),
+            Field("region"),
+            Field("duplicates", choices=("merge", "report")),
+        ),
+        upload="text/csv",
+        tag="crm",
+    ),
+    Endpoint(
+        "GET",
+        "/api/clients/import/{import_id}/rejected",
+        "CRM: an import's rejected rows as CSV, with an error column",
+        rejected_rows,
+        CSV_FILE,
+        tag="crm",
+    ),
+    Endpoint(
+        "GET",
+        "/api/clients/export",
+        "CRM: the clients I may see, filtered, as CSV (streamed)",
+        export_clients,
+        CSV_FILE,
+        query=(
+            Field("responsible_id"),
+            Field("status"),
+            Field("tag"),
+            Field("text"),
+            Field("delimiter", choices=tuple(DELIMITERS)),
+            Field("encoding", choices=ENCODINGS),
+        ),
+        tag="crm",
+    ),
     Endpoint(
         "GET",
         "/api/clients/{client_id}",
         "CRM: a client with their tasks and deals",
         client,
+        obj(
+            {
+                "client": ref(Client),
+                "tasks": array(ref(jivocore_tasks.Task)),
+                "deals": array(ref(jivocore_deals.Deal)),
+            }
+        ),
         tag="crm",
     ),
     Endpoint(
@@ -620,6 +944,55 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/clients/{client_id}/block",
         "Block the client (closes their open conversations)",
         block,
+        ref(Client),
+        tag="crm",
+    ),
+    Endpoint(
+        "GET",
+        "/api/deals",
+        "CRM: deals of clients I may see, filtered",
+        deals,
+        listing(DEAL),
+        query=(
+            Field("status", choices=tuple(jivocore_deals.DealStatus)),
+            Field("stage"),
+            Field("responsible_id"),
+            Field("client_id"),
+            CURSOR,
+            LIMIT,
+        ),
+        tag="crm",
+    ),
+    Endpoint("GET", "/api/stages", "CRM: deal pipeline stages", stages, array(STRING), tag="crm"),
+    Endpoint(
+        "GET",
+        "/api/tasks",
+        "CRM: tasks of clients I may see, filtered",
+        tasks,
+        listing(TASK),
+        query=(
+            Field("state", choices=tuple(TASK_STATES)),
+            Field("due", choices=("today", "overdue")),
+            Field("assignee_id"),
+            Field("client_id"),
+            CURSOR,
+            LIMIT,
+        ),
+        tag="crm",
+    ),
+    Endpoint(
+        "GET",
+        "/api/today",
+        "CRM: my day: tasks due today or overdue, deals needing action, newly assigned clients",
+        today,
+        obj(
+            {
+                "tasks": array(with_client_name(jivocore_tasks.Task, overdue=BOOLEAN)),
+                "deals": array(DEAL),
+                "clients": array(ref(Client)),
+                "overdue": INTEGER,
+            }
+        ),
         tag="crm",
     ),
     Endpoint(
@@ -627,6 +1000,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/visitor/session",
         "A new visitor id and its signed token",
         visitor_session,
+        obj({"visitor_id": STRING, "token": STRING}),
         auth="none",
         tag="visitor",
     ),
@@ -635,6 +1009,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/visitor/messages",
         "The visitor's conversation after a sequence number",
         visitor_messages,
+        obj({"conversation_id": nullable(STRING), "messages": array(MESSAGE)}),
         query=(Field("conversation_id"), Field("after", INT)),
         auth="visitor",
         tag="visitor",
@@ -644,9 +1019,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/visitor/messages",
         "The visitor writes (rate-limited: 429 with Retry-After)",
         visitor_send,
+        MESSAGE,
         body=(Field("text", S, True), Field("id"), Field("name")),
         auth="visitor",
         tag="visitor",
+        rate_limited=True,
     ),
 )
 
@@ -661,29 +1038,38 @@ def openapi(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
     error_ref = {"$ref": "#/components/schemas/Error"}
     paths: dict[str, Any] = {}
     for e in endpoints:
+        media = "text/csv" if e.returns is CSV_FILE else "application/json"
         op: dict[str, Any] = {
             "summary": e.summary,
             "operationId": e.handler.__name__ + "_" + e.method.lower(),
             "tags": [e.tag],
             "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": {}}}},
+                "200": {"description": "OK", "content": {media: {"schema": e.returns}}},
                 "default": {
                     "description": "An error",
                     "content": {"application/json": {"schema": error_ref}},
                 },
             },
         }
+        if e.rate_limited:
+            op["responses"]["429"] = {
+                "description": "Too many messages: wait Retry-After seconds",
+                "headers": {"Retry-After": {"required": True, "schema": INTEGER}},
+                "content": {"application/json": {"schema": error_ref}},
+            }
         params = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
             for p in _path_params(e.path)
         ]
         params += [
-            {"name": f.name, "in": "query", "required": f.required, "schema": {"type": f.type}}
+            {"name": f.name, "in": "query", "required": f.required, "schema": _field_schema(f)}
             for f in e.query
         ]
         if params:
             op["parameters"] = params
-        if e.body:
+        if e.upload:
+            op["requestBody"] = {"required": True, "content": {e.upload: {"schema": CSV_FILE}}}
+        elif e.body:
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": _schema(e.body)}},
@@ -697,9 +1083,16 @@ def openapi(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
                 "summary": summary,
                 "operationId": path.strip("/").replace("/", "_"),
                 "tags": ["websocket"],
-                "responses": {"101": {"description": "Switching protocols"}},
+                "responses": {
+                    "101": {"description": "Switching protocols"},
+                    "426": {
+                        "description": "A plain HTTP request: connect with a WebSocket",
+                        "content": {"application/json": {"schema": error_ref}},
+                    },
+                },
             }
         }
+    error = obj({"error": STRING, "message": STRING, "status": INTEGER})
     return {
         "openapi": "3.1.0",
         "info": {"title": "jivocore web chat", "version": "1"},
@@ -709,17 +1102,7 @@ def openapi(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
                 "operator": {"type": "http", "scheme": "bearer"},
                 "visitor": {"type": "http", "scheme": "bearer"},
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message", "status"],
-                    "properties": {
-                        "error": {"type": "string"},
-                        "message": {"type": "string"},
-                        "status": {"type": "integer"},
-                    },
-                }
-            },
+            "schemas": {"Error": error, **components(paths)},
         },
     }
 
@@ -728,15 +1111,58 @@ def _path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
+# Python's whitespace (str.strip), spelled out: JSON Schema's \s is ECMAScript's, which differs.
+SPACE = (
+    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+NO_NUL = "^[^\\u0000]*$"
+NOT_BLANK = f"^[^\\u0000]*[^\\u0000{SPACE}][^\\u0000]*$"
+
+
+def _field_schema(f: Field) -> Schema:
+    schema: Schema = {"type": f.type}
+    if f.choices:
+        schema["enum"] = list(f.choices)
+    elif f.type == "integer":
+        schema.update(minimum=0, maximum=MAX_INTEGER)
+    elif f.format:
+        schema["format"] = f.format
+    elif f.pattern:
+        schema["pattern"] = f"^{f.pattern}$"
+    elif f.type == "string":
+        schema["pattern"] = NOT_BLANK if f.required else NO_NUL
+        if f.min_length:
+            schema["minLength"] = f.min_length
+        if f.max_length is not None:
+            schema["maxLength"] = f.max_length
+    return schema
+
+
 def _schema(fields: tuple[Field, ...]) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {f.name: {"type": f.type} for f in fields},
+        "properties": {f.name: _field_schema(f) for f in fields},
         "required": [f.name for f in fields if f.required],
+        "additionalProperties": False,
     }
 
 
 # --- the app ----------------------------------------------------------------------------------
+
+MAX_INTEGER = 10**9
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _instant(name: str, text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.upper())
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"{name} is an ISO 8601 date and time such as 2030-01-31T09:00:00Z, not {text!r}",
+            field=name,
+        ) from exc
 
 
 def _bearer(request: Request) -> str | None:
@@ -746,74 +1172,141 @@ def _bearer(request: Request) -> str | None:
 
 
 def _check(fields: tuple[Field, ...], data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The values of `data` as `fields` say, or a ValidationError naming what is wrong."""
+    names = {f.name for f in fields}
+    unknown = sorted(name for name in data if name not in names)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(names))}" if names else "it takes none"
+        raise ValidationError(f"{where} has unknown {unknown[0]!r}; {takes}", field=unknown[0])
     out: dict[str, Any] = {}
     for f in fields:
         value = data.get(f.name)
         if value is None:
-            if f.required:
-                raise ValidationError(f"{where} needs {f.name!r}", field=f.name)
+            if f.required or f.name in data:
+                raise ValidationError(f"{where} needs a value for {f.name!r}", field=f.name)
             continue
         if f.type == "integer":
             try:
                 value = int(value)
             except (TypeError, ValueError) as exc:
                 raise ValidationError(f"{f.name} must be an integer", field=f.name) from exc
-            if value < 0 or value > 10**9:
+            if value < 0 or value > MAX_INTEGER:
                 raise ValidationError(f"{f.name} is out of range", field=f.name)
+        elif f.type == "boolean":
+            if not isinstance(value, bool):
+                if str(value).lower() not in BOOLEANS:
+                    raise ValidationError(f"{f.name} must be true or false", field=f.name)
+                value = BOOLEANS[str(value).lower()]
         elif not isinstance(value, str):
             raise ValidationError(f"{f.name} must be a string", field=f.name)
         elif "\x00" in value:
             raise ValidationError(f"{f.name} contains a NUL character", field=f.name)
+        elif f.choices and value not in f.choices:
+            raise ValidationError(
+                f"{f.name} is one of {', '.join(f.choices)}, not {value!r}", field=f.name
+            )
+        elif f.required and not value.strip():
+            raise ValidationError(f"{f.name} must not be blank", field=f.name)
+        elif len(value) < f.min_length:
+            raise ValidationError(f"{f.name} has at least {f.min_length} characters", field=f.name)
+        elif f.max_length is not None and len(value) > f.max_length:
+            raise ValidationError(f"{f.name} has at most {f.max_length} characters", field=f.name)
+        elif f.pattern and not re.fullmatch(f.pattern, value):
+            raise ValidationError(f"{f.name} must match {f.pattern}, not {value!r}", field=f.name)
+        elif f.format == "date-time":
+            value = _instant(f.name, value)
         out[f.name] = value
     return out
 
 
-def _route(state: AppState, e: Endpoint) -> Route:
+async def _body(request: Request, e: Endpoint, state: AppState) -> dict[str, Any]:
+    """The endpoint's JSON body, checked; a JivoError or an error response if it is not."""
+    raw = await request.body()
+    if len(raw) > state.max_bytes:
+        raise PayloadTooLarge(f"the body exceeds {state.max_bytes} bytes")
+    body: dict[str, Any] = {}
+    if raw.strip():
+        try:
+            parsed = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequest("the body is not JSON") from exc
+        if not isinstance(parsed, dict):
+            raise BadRequest("the body is not a JSON object")
+        body = parsed
+    return _check(e.body, body, "the body")
+
+
+def _handler(state: AppState, e: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        body: dict[str, Any] = {}
-        if e.method == "POST":
-            raw = await request.body()
-            if len(raw) > state.max_bytes:
-                return error(413, "PayloadTooLarge", f"the body exceeds {state.max_bytes} bytes")
-            if raw.strip():
-                try:
-                    parsed = json.loads(raw)
-                except ValueError:
-                    return error(400, "BadRequest", "the body is not JSON")
-                if not isinstance(parsed, dict):
-                    return error(400, "BadRequest", "the body is not a JSON object")
-                body = parsed
-            body = _check(e.body, body, "the body")
         query = _check(e.query, request.query_params, "the query")
-        call = Call(
-            state.desk,
-            state.web,
-            state,
-            dict(request.path_params),
-            body,
-            query,
-        )
+        call = Call(state.desk, state.web, state, dict(request.path_params), {}, query)
         if e.auth == "operator":
             call.operator, call.token = await run_in_threadpool(
                 auth.authenticate, state.desk, _bearer(request)
             )
         elif e.auth == "visitor":
             call.visitor_id = auth.visitor_of(state.secret, _bearer(request))
-            if e.method == "POST":
-                wait = state.limit.take(call.visitor_id)
-                if wait:
-                    seconds = str(math.ceil(wait))
-                    return error(
-                        429,
-                        "TooManyRequests",
-                        f"too many messages; try again in {seconds} s",
-                        **{"Retry-After": seconds},
-                    )
-        result = await run_in_threadpool(e.handler, call)
+        if e.rate_limited:
+            assert call.visitor_id is not None
+            wait = state.limit.take(call.visitor_id)
+            if wait:
+                seconds = str(math.ceil(wait))
+                return error(
+                    429,
+                    "TooManyRequests",
+                    f"too many messages; try again in {seconds} s",
+                    **{"Retry-After": seconds},
+                )
+        if e.upload:
+            try:
+                call.upload = await receive_file(request, state.files.name, state.max_upload)
+            except TooLarge as exc:
+                raise PayloadTooLarge(f"the file exceeds {state.max_upload} bytes") from exc
+        elif e.method == "POST":
+            call.body = await _body(request, e, state)
+        try:
+            result = await run_in_threadpool(e.handler, call)
+        finally:
+            if call.upload is not None:
+                os.unlink(call.upload)
+        if isinstance(result, Download):
+            return StreamingResponse(
+                await stream(result),
+                media_type=result.media_type,
+                headers={"Content-Disposition": f'attachment; filename="{result.filename}"'},
+            )
+        if isinstance(result, Response):
+            return result
         return Json(result)
 
-    endpoint.__name__ = e.handler.__name__
-    return Route(e.path, endpoint, methods=[e.method])
+    return endpoint
+
+
+def _routes(state: AppState) -> list[Route]:
+    """One route per path, so a method it lacks is a 405 whose Allow header lists them all."""
+    paths: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for e in ENDPOINTS:
+        paths.setdefault(e.path, {})[e.method] = _handler(state, e)
+
+    def route(path: str, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+        return Route(path, endpoint, methods=list(handlers))
+
+    routes = [route(path, handlers) for path, handlers in paths.items()]
+    for path in SOCKETS:  # the same path over plain HTTP
+        routes.append(Route(path, _upgrade_required, methods=["GET"]))
+    return routes
+
+
+async def _upgrade_required(request: Request) -> Response:
+    return error(
+        426,
+        "UpgradeRequired",
+        "this is a WebSocket: connect with ws:// or wss://",
+        Upgrade="websocket",
+    )
 
 
 def _origin_allowed(web: WebChat, ws: WebSocket) -> bool:
@@ -1064,7 +1557,7 @@ def make_app(
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi())
 
-    routes: list[Route | WebSocketRoute] = [_route(state, e) for e in ENDPOINTS]
+    routes: list[Route | WebSocketRoute] = [*_routes(state)]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
     for path, (name, media_type) in STATIC.items():
         routes.append(Route(path, _static(name, media_type), methods=["GET"]))

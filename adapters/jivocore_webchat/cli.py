@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 
 import click
 
+import jivocore_deals
 import jivocore_tags
+import jivocore_tasks
 from jivocore import HelpDesk, Operator
 
 from .auth import WebLogin, add_login
@@ -52,8 +55,13 @@ def seed_demo(desk: HelpDesk) -> list[tuple[str, str, str]]:
     desk.reply(conversations[2], ann.id, "Fixed: a new invoice is on its way.")
     jivocore_tags.tag_conversation(desk, conversations[2], "billing", ann.id)
     desk.close(conversations[2], ann.id)
-    for name, email in (("Acme Ltd", "buyer@acme.example"), ("Lena", "lena@example.org")):
-        desk.add_client(name, emails=(email,), responsible_id=ann.id)
+    acme = desk.add_client("Acme Ltd", emails=("buyer@acme.example",), responsible_id=ann.id)
+    desk.add_client("Lena", emails=("lena@example.org",), responsible_id=ann.id)
+    # The CRM page's deals, tasks and "my day" have something to show.
+    jivocore_deals.create_deal(desk, acme.id, ann.id, "40 office chairs", amount="5200.00")
+    jivocore_tasks.create_task(
+        desk, acme.id, ann.id, "Send Acme the quote", desk.clock.now() + timedelta(hours=4)
+    )
     desk.set_presence(ann.id, "offline")
     while desk.index_archive():
         pass

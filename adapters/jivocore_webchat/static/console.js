@@ -16,11 +16,13 @@
       else if (k === "on") Object.keys(props.on).forEach(function (e) { node.addEventListener(e, props.on[e]); });
       else node.setAttribute(k, props[k]);
     });
-    for (var i = 2; i < arguments.length; i++) {
-      var child = arguments[i];
-      if (child === null || child === undefined) continue;
-      node.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
-    }
+    (function add(children) {
+      children.forEach(function (child) {
+        if (child === null || child === undefined) return;
+        if (Array.isArray(child)) add(child);
+        else node.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
+      });
+    })(Array.prototype.slice.call(arguments, 2));
     return node;
   }
 
@@ -132,7 +134,7 @@
   // A live update re-renders the view: what the operator is typing survives it.
   function keepTyping(old, next) {
     var focused = document.activeElement;
-    old.querySelectorAll("input[aria-label], textarea[aria-label]").forEach(function (input) {
+    old.querySelectorAll("input[aria-label]:not([type=file]), textarea[aria-label]").forEach(function (input) {
       var label = input.getAttribute("aria-label");
       var twin = next.querySelector('[aria-label="' + label + '"]');
       if (!twin) return;
@@ -312,45 +314,202 @@
     });
   }
 
-  var crmFilters = { responsible_id: "", status: "", tag: "", text: "" };
+  // --- CRM: clients (with CSV import and export), deals, tasks, my day ---------------------
+  var crmView = "clients";
+  var CRM_VIEWS = [["clients", "Clients"], ["deals", "Deals"], ["tasks", "Tasks"], ["today", "My day"]];
   function crm() {
-    var q = Object.keys(crmFilters).filter(function (k) { return crmFilters[k]; })
-      .map(function (k) { return k + "=" + encodeURIComponent(crmFilters[k]); }).join("&");
-    return Promise.all([api("GET", "api/clients?" + q), api("GET", "api/statuses")]).then(function (r) {
+    var views = { clients: crmClients, deals: crmDeals, tasks: crmTasks, today: crmToday };
+    var sub = el("div", { class: "subnav" });
+    CRM_VIEWS.forEach(function (v) {
+      sub.appendChild(el("button", { "data-crm": v[0], class: v[0] === crmView ? "active" : "",
+        text: v[1], on: { click: function () { crmView = v[0]; render(); } } }));
+    });
+    return views[crmView]().then(function (body) {
+      return el("div", { class: "crm", "data-crm": crmView }, sub, body);
+    });
+  }
+
+  function query(filters) {
+    return Object.keys(filters).filter(function (k) { return filters[k]; })
+      .map(function (k) { return k + "=" + encodeURIComponent(filters[k]); }).join("&");
+  }
+  function picker(label, options, value, anyText) {
+    var select = el("select", { "aria-label": label }, el("option", { value: "", text: anyText }));
+    options.forEach(function (o) {
+      var opt = el("option", { value: o[0], text: o[1] });
+      if (o[0] === value) opt.selected = true;
+      select.appendChild(opt);
+    });
+    return select;
+  }
+  function operatorOptions() { return operators.map(function (o) { return [o.id, o.name]; }); }
+  function same(values) { return values.map(function (v) { return [v, v]; }); }
+  function filterForm(fields, apply) {
+    return el("form", { class: "filters", on: { submit: function (e) { e.preventDefault(); apply(); render(); } } },
+      fields, el("button", { type: "submit", text: "Filter" }));
+  }
+  function table(cls, headers, rows) {
+    var t = el("table", { class: cls }, el("tr", {}, headers.map(function (h) { return el("th", { text: h }); })));
+    rows.forEach(function (r) { t.appendChild(r); });
+    return t;
+  }
+  function counted(page, noun) {
+    var shown = page.items.length;
+    return el("p", { class: "count", text: (shown < page.count ? shown + " of " : "") + page.count + " " + noun });
+  }
+  function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+  function tagCell(tags) {
+    var td = el("td", {});
+    tags.concat([]).sort().forEach(function (t) { td.appendChild(el("span", { class: "tag", text: t })); });
+    return td;
+  }
+
+  // A file the API answers with: fetched with the token, then saved through a temporary link.
+  function download(path, filename) {
+    return fetch(path, { headers: { Authorization: "Bearer " + token } }).then(function (r) {
+      if (!r.ok) return r.json().then(function (d) { throw new Error(d.message); });
+      return r.blob();
+    }).then(function (blob) {
+      var url = URL.createObjectURL(blob);
+      var a = el("a", { href: url, download: filename });
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
+    }).catch(fail);
+  }
+
+  var crmFilters = { responsible_id: "", status: "", tag: "", text: "" };
+  var importFile = null; // the File chosen, kept across live re-renders
+  var importReport = null;
+  function crmClients() {
+    return Promise.all([api("GET", "api/clients?" + query(crmFilters)), api("GET", "api/statuses")]).then(function (r) {
       var page = r[0], statuses = r[1];
-      var responsible = el("select", { "aria-label": "responsible" }, el("option", { value: "", text: "any operator" }));
-      operators.forEach(function (o) {
-        var opt = el("option", { value: o.id, text: o.name });
-        if (o.id === crmFilters.responsible_id) opt.selected = true;
-        responsible.appendChild(opt);
-      });
-      var status = el("select", { "aria-label": "status" }, el("option", { value: "", text: "any status" }));
-      statuses.forEach(function (s) {
-        var opt = el("option", { value: s, text: s });
-        if (s === crmFilters.status) opt.selected = true;
-        status.appendChild(opt);
-      });
+      var responsible = picker("responsible", operatorOptions(), crmFilters.responsible_id, "any operator");
+      var status = picker("status", same(statuses), crmFilters.status, "any status");
       var tag = el("input", { placeholder: "tag", "aria-label": "client tag", value: crmFilters.tag });
       var text = el("input", { placeholder: "name, email, phone", "aria-label": "client search", value: crmFilters.text });
-      var filters = el("form", { class: "filters", on: { submit: function (e) {
-        e.preventDefault();
+      var filters = filterForm([responsible, status, tag, text], function () {
         crmFilters = { responsible_id: responsible.value, status: status.value, tag: tag.value, text: text.value };
-        render();
-      } } }, responsible, status, tag, text, el("button", { type: "submit", text: "Filter" }));
-      var table = el("table", { class: "clients" }, el("tr", {},
-        el("th", { text: "Name" }), el("th", { text: "Email" }), el("th", { text: "Status" }),
-        el("th", { text: "Responsible" }), el("th", { text: "Tags" })));
-      page.items.forEach(function (c) {
-        var tags = el("td", {});
-        c.tags.concat([]).sort().forEach(function (t) { tags.appendChild(el("span", { class: "tag", text: t })); });
-        table.appendChild(el("tr", { "data-id": c.id },
+      });
+      var rows = page.items.map(function (c) {
+        return el("tr", { "data-id": c.id },
           el("td", { class: "client-name", text: c.name }), el("td", { text: c.emails.join(", ") }),
-          el("td", { text: c.status }), el("td", { text: c.responsible_id ? nameOf(c.responsible_id) : "" }), tags));
+          el("td", { text: c.status }), el("td", { text: c.responsible_id ? nameOf(c.responsible_id) : "" }),
+          tagCell(c.tags));
       });
       var add = miniForm("Add client", ["name", "email", "phone"], function (v) {
         act("POST", "api/clients", { name: v[0], email: v[1] || undefined, phone: v[2] || undefined });
       });
-      return el("div", { class: "crm" }, filters, el("p", { text: page.count + " clients" }), table, el("h3", { text: "Add a client" }), add);
+      var exporter = el("button", { class: "export", text: "Export CSV", on: { click: function () {
+        download("api/clients/export?" + query(crmFilters), "clients.csv");
+      } } });
+      return el("div", {}, filters, el("div", { class: "row-actions" }, counted(page, "clients"), exporter),
+        table("clients", ["Name", "Email", "Status", "Responsible", "Tags"], rows),
+        el("h3", { text: "Add a client" }), add, importer());
+    });
+  }
+
+  function importer() {
+    var file = el("input", { type: "file", accept: ".csv,.txt,text/csv", "aria-label": "CSV file", on: { change: function (e) {
+      importFile = e.target.files[0] || null;
+      importReport = null;
+      render();
+    } } });
+    function run(dryRun) {
+      if (!importFile) return;
+      fetch("api/clients/import?dry_run=" + dryRun, {
+        method: "POST", headers: { Authorization: "Bearer " + token, "Content-Type": "text/csv" }, body: importFile
+      }).then(function (r) {
+        return r.json().then(function (d) { if (!r.ok) throw new Error(d.message); return d; });
+      }).then(function (report) {
+        importReport = report;
+        if (!dryRun) importFile = null;
+        $("error").textContent = "";
+        render();
+      }).catch(fail);
+    }
+    var box = el("div", { class: "import" }, el("h3", { text: "Import clients from CSV" }), file,
+      importFile ? el("span", { class: "chosen", text: importFile.name }) : null,
+      el("button", { class: "check", text: "Check file", on: { click: function () { run(true); } } }),
+      el("button", { class: "import-run", text: "Import", on: { click: function () { run(false); } } }));
+    if (importReport) box.appendChild(reportOf(importReport));
+    return box;
+  }
+
+  function reportOf(report) {
+    var box = el("div", { class: "report", "data-dry-run": String(report.dry_run) },
+      el("p", { class: "summary", text: (report.dry_run ? "Plan: " : "Imported: ") + report.summary }));
+    if (report.errors.length) {
+      box.appendChild(table("rejected", ["Record", "Line", "Column", "Reason"], report.errors.map(function (e) {
+        return el("tr", {}, el("td", { text: String(e.record) }), el("td", { text: String(e.line) }),
+          el("td", { text: e.column }), el("td", { class: "reason", text: e.reason }));
+      })));
+      if (report.errors.length < report.rejected) {
+        box.appendChild(el("p", { text: "The first " + report.errors.length + " of " + report.rejected + " rejected rows." }));
+      }
+    }
+    if (report.rejected_file) {
+      box.appendChild(el("button", { class: "rejected-file", text: "Download rejected rows", on: { click: function () {
+        download(report.rejected_file, "rejected.csv");
+      } } }));
+    }
+    return box;
+  }
+
+  var dealFilters = { status: "open", stage: "", responsible_id: "" };
+  function crmDeals() {
+    return Promise.all([api("GET", "api/deals?" + query(dealFilters)), api("GET", "api/stages")]).then(function (r) {
+      var page = r[0];
+      var status = picker("deal status", same(["open", "won", "lost"]), dealFilters.status, "any status");
+      var stage = picker("stage", same(r[1]), dealFilters.stage, "any stage");
+      var responsible = picker("deal responsible", operatorOptions(), dealFilters.responsible_id, "any operator");
+      var filters = filterForm([status, stage, responsible], function () {
+        dealFilters = { status: status.value, stage: stage.value, responsible_id: responsible.value };
+      });
+      return el("div", {}, filters, counted(page, "deals"), dealTable(page.items));
+    });
+  }
+  function dealTable(items) {
+    return table("deals", ["Deal", "Client", "Amount", "Stage", "Status", "Responsible", "Updated"], items.map(function (d) {
+      return el("tr", { "data-id": d.id }, el("td", { class: "title", text: d.title }),
+        el("td", { class: "client-name", text: d.client_name }), el("td", { text: d.amount + " " + d.currency }),
+        el("td", { text: d.stage }), el("td", { text: d.status }),
+        el("td", { text: d.responsible_id ? nameOf(d.responsible_id) : "" }), el("td", { text: when(d.updated) }));
+    }));
+  }
+
+  var taskFilters = { state: "open", due: "", assignee_id: "" };
+  function crmTasks() {
+    return api("GET", "api/tasks?" + query(taskFilters)).then(function (page) {
+      var state = picker("task state", same(["open", "done"]), taskFilters.state === "any" ? "" : taskFilters.state, "open and done");
+      var due = picker("due", [["today", "due today or overdue"], ["overdue", "overdue"]], taskFilters.due, "any due time");
+      var assignee = picker("assignee", operatorOptions(), taskFilters.assignee_id, "anyone");
+      var filters = filterForm([state, due, assignee], function () {
+        taskFilters = { state: state.value || "any", due: due.value, assignee_id: assignee.value };
+      });
+      return el("div", {}, filters, counted(page, "tasks"), taskTable(page.items));
+    });
+  }
+  function taskTable(items) {
+    return table("tasks", ["Task", "Client", "Due", "Assignee", "Done"], items.map(function (t) {
+      return el("tr", { "data-id": t.id, class: t.overdue ? "overdue" : "" }, el("td", { class: "title", text: t.title }),
+        el("td", { class: "client-name", text: t.client_name }), el("td", { text: when(t.due) }),
+        el("td", { text: nameOf(t.assignee_id) }), el("td", { text: t.done ? "done" : "" }));
+    }));
+  }
+
+  function crmToday() {
+    return api("GET", "api/today").then(function (day) {
+      var clients = table("clients", ["Newly assigned client", "Status", "Tags"], day.clients.map(function (c) {
+        return el("tr", { "data-id": c.id }, el("td", { class: "client-name", text: c.name }),
+          el("td", { text: c.status }), tagCell(c.tags));
+      }));
+      return el("div", { class: "today" },
+        el("h3", { text: "Tasks due today" }),
+        el("p", { class: "overdue-count", text: day.overdue ? day.overdue + " overdue" : "Nothing overdue." }),
+        taskTable(day.tasks), el("h3", { text: "Deals needing action" }), dealTable(day.deals),
+        el("h3", { text: "Newly assigned clients" }), clients);
     });
   }
 
