@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -803,11 +803,9 @@ class HelpDesk:
 
     # --- queries -----------------------------------------------------------------------------
 
-    @contextmanager
-    def reading(self) -> Iterator[Transaction]:
+    def reading(self) -> AbstractContextManager[Transaction]:
         """A consistent read-only view of the desk, for queries the methods below don't cover."""
-        with self.storage.transaction(write=False) as tx:
-            yield tx
+        return self.storage.transaction(write=False)
 
     def get(self, cls: type[T], id: str) -> T:
         """Any stored entity by id, or NotFoundError."""

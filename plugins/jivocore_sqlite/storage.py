@@ -737,7 +737,7 @@ class SQLiteTransaction:
         cursor = read_document_cursor(after, by)
         if by == "date" and cursor is not None:
             high = min(high, cursor[1])
-        if not words or not self._documents(etype, create=False):
+        if not words:
             return Page((), None)
         match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
         table, fts = f"[{etype.name}]", f"[{etype.name}__documents_fts]"
@@ -772,6 +772,9 @@ class SQLiteTransaction:
         try:
             rows = self.conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
+            # Asked only when the search fails: a lookup per search costs a tenth of it.
+            if not self._documents(etype, create=False):
+                return Page((), None)  # nothing indexed yet
             raise _translate(exc, f"cannot search {etype.name}") from exc
         items = []
         last: tuple[float, int] = (0.0, 0)
