@@ -336,6 +336,26 @@ def test_widget_shows_no_operator_and_rate_limit(browser: Any, site: Site) -> No
     assert len(site.desk.inbox(site.ids["Ann"])) == 1
 
 
+def test_widget_refuses_a_message_over_the_size_limit(browser: Any, site: Site) -> None:
+    visitor = browser.new_page()
+    visitor.goto(site.base + "/demo")
+    expect(visitor.locator(".jivo-status")).to_have_attribute("data-online", "false")
+    huge = "\x01" * 4000  # 4,000 characters, 24,000 bytes as JSON: over the 16 KiB limit
+    box = visitor.get_by_label("message")
+    box.fill(huge)
+    box.press("Enter")
+    expect(visitor.locator(".jivo-notice")).to_have_text(
+        "That message is too long: please shorten it."
+    )
+    expect(box).to_have_value(huge)  # given back to shorten, not lost
+    expect(visitor.locator(".jivo-msg")).to_have_count(0)
+    box.fill("short one")
+    box.press("Enter")
+    expect(visitor.locator(".jivo-msg[data-author=client]:not(.pending)")).to_have_text("short one")
+    (conversation,) = site.desk.inbox(site.ids["Ann"])
+    assert [m.text for m in site.desk.messages(conversation.id)] == ["short one"]
+
+
 def test_widget_reconnects_without_losing_or_repeating_messages(
     browser: Any, tmp_path: Path
 ) -> None:

@@ -453,7 +453,7 @@ def clients(call: Call) -> Any:
         limit=int(q.get("limit") or 50),
     )
     items = [_json(call.desk, c) for c in listing.items]
-    return {"items": items, "next": listing.next, "count": listing.count}
+    return _page(items, listing)
 
 
 def add_client(call: Call) -> Any:
@@ -485,6 +485,11 @@ def statuses(call: Call) -> Any:
     return list(jivocore_crm.statuses(call.desk))
 
 
+def _page(items: list[Any], listing: Any) -> dict[str, Any]:
+    """A CRM listing's page: `count` is a floor when `exact` is false (counting stopped)."""
+    return {"items": items, "next": listing.next, "count": listing.count, "exact": listing.exact}
+
+
 def _with_client_names(call: Call, items: Any) -> list[dict[str, Any]]:
     """Deals or tasks, each with its client's name (the listings keep to clients I see)."""
     ids = sorted({item.client_id for item in items})
@@ -508,7 +513,7 @@ def deals(call: Call) -> Any:
         limit=int(q.get("limit") or 50),
     )
     items = _with_client_names(call, listing.items)
-    return {"items": items, "next": listing.next, "count": listing.count}
+    return _page(items, listing)
 
 
 def stages(call: Call) -> Any:
@@ -531,7 +536,7 @@ def tasks(call: Call) -> Any:
         limit=int(q.get("limit") or 50),
     )
     items = _with_client_names(call, listing.items)
-    return {"items": items, "next": listing.next, "count": listing.count}
+    return _page(items, listing)
 
 
 def today(call: Call) -> Any:
@@ -709,7 +714,9 @@ def with_client_name(cls: type[Any], **more: Schema) -> Schema:
 
 
 def listing(items: Schema) -> Schema:
-    return obj({"items": array(items), "next": nullable(STRING), "count": INTEGER})
+    return obj(
+        {"items": array(items), "next": nullable(STRING), "count": INTEGER, "exact": BOOLEAN}
+    )
 
 
 DEAL = with_client_name(jivocore_deals.Deal)
@@ -1334,6 +1341,8 @@ async def visitor_socket(ws: WebSocket) -> None:
         await ws.send_json({"type": "welcome", "visitor_id": visitor_id, "token": token})
     queue = web.hub.add_visitor(visitor_id)
     try:
+        # The widget refuses a message over the limit itself, rather than be closed with 1009.
+        await ws.send_json({"type": "limits", "max_message_bytes": state.max_bytes})
         await ws.send_json(await run_in_threadpool(web.status, desk))
         found = await run_in_threadpool(_visitor_conversation, desk, web.name, visitor_id)
         sent: dict[str, int] = {}

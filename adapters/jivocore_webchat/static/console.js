@@ -355,7 +355,8 @@
   }
   function counted(page, noun) {
     var shown = page.items.length;
-    return el("p", { class: "count", text: (shown < page.count ? shown + " of " : "") + page.count + " " + noun });
+    var total = page.count + (page.exact ? "" : "+");
+    return el("p", { class: "count", text: (shown < page.count ? shown + " of " : "") + total + " " + noun });
   }
   function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
   function tagCell(tags) {

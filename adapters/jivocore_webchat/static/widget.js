@@ -59,6 +59,8 @@
   var ws = null;
   var retry = 500;
   var blockedUntil = 0;
+  var maxBytes = 0; // the server's frame limit, once it says
+  var lastSent = null; // the message id sent last: the one a close with 1009 refused
 
   function show(m) {
     var key = m.conversation_id + ":" + m.seq;
@@ -95,6 +97,9 @@
       if (data.type === "welcome") {
         saved = { token: data.token };
         save();
+      } else if (data.type === "limits") {
+        maxBytes = data.max_message_bytes;
+        Object.keys(pending).forEach(function (id) { if (tooLong(id)) refuse(id); });
       } else if (data.type === "status") {
         status.textContent = data.operators_online
           ? "An operator is online."
@@ -119,16 +124,29 @@
     };
     ws.onclose = function (event) {
       ws = null;
-      if (event.code === 1009) notice.textContent = "That message is too long.";
+      if (event.code === 1009 && pending[lastSent]) refuse(lastSent); // not resent forever
       status.textContent = "Reconnecting…";
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 10000);
     };
   }
 
+  function frame(id) {
+    return JSON.stringify({ type: "message", id: id, text: pending[id].text, name: window.jivoVisitorName || undefined });
+  }
+  function tooLong(id) { return maxBytes && new Blob([frame(id)]).size > maxBytes; }
+  function refuse(id) { // a message over the size limit: back to the input, to shorten
+    var p = pending[id];
+    p.node.remove();
+    delete pending[id];
+    input.value = p.text;
+    notice.textContent = "That message is too long: please shorten it.";
+  }
   function transmit(id) {
     if (!ws || ws.readyState !== 1) return;
-    ws.send(JSON.stringify({ type: "message", id: id, text: pending[id].text, name: window.jivoVisitorName || undefined }));
+    if (tooLong(id)) { refuse(id); return; }
+    lastSent = id;
+    ws.send(frame(id));
   }
 
   form.addEventListener("submit", function (event) {
