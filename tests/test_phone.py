@@ -228,12 +228,12 @@ def test_signatures_and_timestamps_are_checked(phone):
 @pytest.mark.parametrize(
     ("payload", "status", "error"),
     [
-        (b"not json", 400, "ValidationError"),
-        ({"event": "exploded", "call_id": "c1", "phone": "+1555"}, 400, "ValidationError"),
-        ({"event": "ringing", "call_id": "c1", "phone": "call me"}, 400, "ValidationError"),
-        ({"event": "ringing", "phone": "+15550001"}, 400, "ValidationError"),
-        (event("ended", duration=-1), 400, "ValidationError"),
-        (event("ended", recording_url="javascript:alert(1)"), 400, "ValidationError"),
+        (b"not json", 422, "ValidationError"),
+        ({"event": "exploded", "call_id": "c1", "phone": "+1555"}, 422, "ValidationError"),
+        ({"event": "ringing", "call_id": "c1", "phone": "call me"}, 422, "ValidationError"),
+        ({"event": "ringing", "phone": "+15550001"}, 422, "ValidationError"),
+        (event("ended", duration=-1), 422, "ValidationError"),
+        (event("ended", recording_url="javascript:alert(1)"), 422, "ValidationError"),
         (event("answered", operator_id="nobody"), 404, "NotFoundError"),
     ],
 )

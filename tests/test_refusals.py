@@ -531,3 +531,21 @@ def test_a_blocked_client_leaves_no_trace(world: World):
     assert world.desk.archive(where={"client_id": world.blocked_client_id}).items == conversations
     assert world.desk.events({"client_id": world.blocked_client_id}).items == events
     assert all(c.state is State.CLOSED for c in conversations)
+
+
+def test_every_error_names_the_http_status_an_api_answers_with():
+    import jivocore.errors
+
+    errors = [
+        cls
+        for cls in vars(jivocore.errors).values()
+        if isinstance(cls, type) and issubclass(cls, JivoError)
+    ]
+    assert len(errors) == 12
+    for cls in errors:
+        status = cls("x", retriable=True).http_status
+        assert isinstance(status, int) and 400 <= status <= 599, cls
+    assert ValidationError("x").http_status == 422
+    assert NotFoundError("x").http_status == 404
+    assert jivocore.errors.StorageError("x", retriable=True).http_status == 503
+    assert jivocore.errors.StorageError("x", retriable=False).http_status == 500

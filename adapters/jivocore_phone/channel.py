@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
+from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -19,15 +20,11 @@ import attrs
 
 from jivocore import (
     Channel,
-    ClientBlocked,
     ConflictError,
     Conversation,
     HelpDesk,
-    InvalidTransition,
     JivoError,
-    NotFoundError,
     Outbound,
-    PermissionDenied,
     Range,
     State,
     Undeliverable,
@@ -49,28 +46,19 @@ _PHONE = re.compile(r"\+?[0-9]{3,20}")
 class SignatureError(JivoError):
     """The request is not signed with the shared secret, or not recently."""
 
+    http_status = 401
+
 
 class Replay(JivoError):
     """The very same signed request was taken before."""
+
+    http_status = 409
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     """The signature a request carries: ``sha256=`` HMAC-SHA256 over ``timestamp.body``."""
     digest = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
-
-
-_STATUS = (  # the most specific class first
-    (SignatureError, "401 Unauthorized"),
-    (Replay, "409 Conflict"),
-    (ValidationError, "400 Bad Request"),
-    (NotFoundError, "404 Not Found"),
-    (ClientBlocked, "403 Forbidden"),
-    (PermissionDenied, "403 Forbidden"),
-    (InvalidTransition, "409 Conflict"),
-    (ConflictError, "409 Conflict"),
-    (JivoError, "422 Unprocessable Entity"),
-)
 
 
 class PhoneChannel:
@@ -199,8 +187,11 @@ class PhoneChannel:
                     raise Replay("this request was taken before", signature=signature)
             result = self._apply(desk, event, signature)
         except JivoError as exc:
-            status = next(s for cls, s in _STATUS if isinstance(exc, cls))
-            return status, {"error": type(exc).__name__, "message": exc.message}
+            status = HTTPStatus(exc.http_status)
+            return f"{status.value} {status.phrase}", {
+                "error": type(exc).__name__,
+                "message": exc.message,
+            }
         return "200 OK", result
 
     def _verify(self, desk: HelpDesk, environ: Mapping[str, Any], body: bytes) -> str:

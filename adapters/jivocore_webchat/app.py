@@ -35,15 +35,12 @@ import jivocore_tags
 import jivocore_tasks
 from jivocore import (
     Client,
-    ClientBlocked,
     ClientIdentity,
     ConfigurationError,
-    ConflictError,
     Conversation,
     ConversationStatistics,
     HelpDesk,
     In,
-    InvalidTransition,
     JivoError,
     NotFoundError,
     Operator,
@@ -53,7 +50,6 @@ from jivocore import (
     Role,
     State,
     ValidationError,
-    Vetoed,
     new_id,
 )
 
@@ -80,30 +76,21 @@ DEFAULTS: Mapping[str, Any] = {
 
 
 class Unavailable(ConfigurationError):
-    """What the request needs is not installed (HTTP 501)."""
+    """What the request needs is not installed."""
+
+    http_status = 501
 
 
 class BadRequest(JivoError):
-    """The body is not a JSON object (HTTP 400)."""
+    """The body is not a JSON object."""
+
+    http_status = 400
 
 
 class PayloadTooLarge(JivoError):
-    """The body is over the size limit (HTTP 413)."""
+    """The body is over the size limit."""
 
-
-_STATUS: tuple[tuple[type[Exception], int], ...] = (  # the most specific class first
-    (Unauthorized, 401),
-    (Unavailable, 501),
-    (PayloadTooLarge, 413),
-    (ValidationError, 422),
-    (NotFoundError, 404),
-    (ClientBlocked, 403),
-    (PermissionDenied, 403),
-    (Vetoed, 409),
-    (InvalidTransition, 409),
-    (ConflictError, 409),
-    (JivoError, 400),
-)
+    http_status = 413
 
 
 def _plain(value: Any) -> Any:
@@ -125,7 +112,7 @@ class Json(JSONResponse):
 
 
 def status_of(exc: Exception) -> int:
-    return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
+    return exc.http_status if isinstance(exc, JivoError) else 500
 
 
 def error(status: int, kind: str, message: str, **headers: str) -> JSONResponse:

@@ -28,7 +28,9 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
 class Unauthorized(PermissionDenied):
-    """No credentials, or credentials that are wrong, expired or revoked (HTTP 401)."""
+    """No credentials, or credentials that are wrong, expired or revoked."""
+
+    http_status = 401
 
 
 @attrs.frozen(kw_only=True)
