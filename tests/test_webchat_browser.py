@@ -304,6 +304,46 @@ def test_crm_imports_and_exports_csv_and_lists_deals_and_tasks(
     no_script_ran(ann)
 
 
+def test_lists_page_forward_and_back(browser: Any, site: Site) -> None:
+    ann_id = site.ids["Ann"]
+    for n in range(55):
+        jivocore_crm.add_client(site.desk, ann_id, f"Client {n:02}")
+        site.clock.advance(1)
+    ann = log_in(browser, site, "Ann")
+    tab(ann, "crm")
+    names = ann.locator(".crm .clients .client-name")
+    count = ann.locator(".crm .count .shown")
+    expect(count).to_have_text("1-50 of 55 clients")
+    expect(names).to_have_count(50)
+    expect(names.first).to_have_text("Client 54")  # newest first
+    ann.get_by_role("button", name="Next").click()
+    expect(count).to_have_text("51-55 of 55 clients")
+    expect(names).to_have_text([f"Client {n:02}" for n in range(4, -1, -1)])
+    expect(ann.get_by_role("button", name="Next")).to_have_count(0)
+    ann.get_by_role("button", name="Previous").click()
+    expect(names.first).to_have_text("Client 54")
+    ann.get_by_role("button", name="Next").click()
+    ann.get_by_role("button", name="Filter").click()  # a filter starts from the first page
+    expect(count).to_have_text("1-50 of 55 clients")
+
+
+def test_custom_fields_are_shown_as_text(browser: Any, site: Site) -> None:
+    ann_id = site.ids["Ann"]
+    site.desk.set_presence(ann_id, "online")
+    message = site.desk.receive("web", "v-custom", "hello", name="Vera")
+    client = site.desk.client(site.desk.conversation(message.conversation_id).client_id)
+    jivocore_crm.edit_client(site.desk, client.id, ann_id, custom={XSS_TAG: XSS_TEXT})
+    site.desk.accept(message.conversation_id, ann_id)
+    ann = log_in(browser, site, "Ann")
+    tab(ann, "chats")
+    ann.locator(".chat-list .row").first.click()
+    info = ann.locator(".info")
+    expect(info.locator("dt", has_text="svg")).to_have_text(XSS_TAG)
+    expect(info.locator("dd", has_text="parcel")).to_have_text(XSS_TEXT)
+    assert info.locator("svg, script, b").count() == 0
+    no_script_ran(ann)
+
+
 def test_a_revoked_token_ends_the_console_session(browser: Any, site: Site) -> None:
     bob = log_in(browser, site, "Bob")
     ann = log_in(browser, site, "Ann")

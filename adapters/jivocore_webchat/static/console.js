@@ -267,7 +267,7 @@
   function all() {
     var q = Object.keys(allFilters).filter(function (k) { return allFilters[k]; })
       .map(function (k) { return k + "=" + encodeURIComponent(allFilters[k]); }).join("&");
-    return api("GET", "api/archive?" + q).then(function (page) {
+    return api("GET", "api/archive?" + paged("archive", q)).then(function (page) {
       var text = el("input", { placeholder: "search", "aria-label": "search", value: allFilters.text });
       var tag = el("input", { placeholder: "tag", "aria-label": "tag filter", value: allFilters.tag });
       var outcome = el("select", { "aria-label": "outcome" });
@@ -280,6 +280,7 @@
         e.preventDefault();
         allFilters = { text: text.value, outcome: outcome.value, tag: tag.value };
         selected = null;
+        cursors = {};
         render();
       } } }, text, outcome, tag, el("button", { type: "submit", text: "Search" }));
       var list = el("div", { class: "archive" });
@@ -296,7 +297,7 @@
             (s.operators || []).map(nameOf).join(", ") })));
       });
       if (!page.items.length) list.appendChild(el("p", { text: "Nothing found." }));
-      var wrap = el("div", {}, filters, list);
+      var wrap = el("div", {}, filters, list, pager("archive", page));
       if (!selected) return wrap;
       return api("GET", "api/conversations/" + selected).then(function (view) {
         wrap.appendChild(el("h3", { text: clientName(view) }));
@@ -345,7 +346,7 @@
   function operatorOptions() { return operators.map(function (o) { return [o.id, o.name]; }); }
   function same(values) { return values.map(function (v) { return [v, v]; }); }
   function filterForm(fields, apply) {
-    return el("form", { class: "filters", on: { submit: function (e) { e.preventDefault(); apply(); render(); } } },
+    return el("form", { class: "filters", on: { submit: function (e) { e.preventDefault(); apply(); cursors = {}; render(); } } },
       fields, el("button", { type: "submit", text: "Filter" }));
   }
   function table(cls, headers, rows) {
@@ -353,10 +354,26 @@
     rows.forEach(function (r) { t.appendChild(r); });
     return t;
   }
-  function counted(page, noun) {
-    var shown = page.items.length;
+  // Pages of a listing: the cursors that led to the page shown, per list (a filter starts over).
+  var PAGE = 50;
+  var cursors = {};
+  function paged(name, q) {
+    var stack = cursors[name] || [];
+    var after = stack[stack.length - 1];
+    return q + "&limit=" + PAGE + (after ? "&after=" + encodeURIComponent(after) : "");
+  }
+  function pager(name, page) {
+    var stack = cursors[name] || (cursors[name] = []);
+    var nav = el("span", { class: "pager" });
+    if (stack.length) nav.appendChild(el("button", { class: "previous", text: "Previous", on: { click: function () { stack.pop(); render(); } } }));
+    if (page.next) nav.appendChild(el("button", { class: "next", text: "Next", on: { click: function () { stack.push(page.next); render(); } } }));
+    return nav;
+  }
+  function counted(name, page, noun) {
+    var first = (cursors[name] || []).length * PAGE, shown = page.items.length;
     var total = page.count + (page.exact ? "" : "+");
-    return el("p", { class: "count", text: (shown < page.count ? shown + " of " : "") + total + " " + noun });
+    var range = shown < page.count ? (shown ? first + 1 : first) + "-" + (first + shown) + " of " : "";
+    return el("p", { class: "count" }, el("span", { class: "shown", text: range + total + " " + noun }), pager(name, page));
   }
   function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
   function tagCell(tags) {
@@ -384,7 +401,7 @@
   var importFile = null; // the File chosen, kept across live re-renders
   var importReport = null;
   function crmClients() {
-    return Promise.all([api("GET", "api/clients?" + query(crmFilters)), api("GET", "api/statuses")]).then(function (r) {
+    return Promise.all([api("GET", "api/clients?" + paged("clients", query(crmFilters))), api("GET", "api/statuses")]).then(function (r) {
       var page = r[0], statuses = r[1];
       var responsible = picker("responsible", operatorOptions(), crmFilters.responsible_id, "any operator");
       var status = picker("status", same(statuses), crmFilters.status, "any status");
@@ -405,7 +422,7 @@
       var exporter = el("button", { class: "export", text: "Export CSV", on: { click: function () {
         download("api/clients/export?" + query(crmFilters), "clients.csv");
       } } });
-      return el("div", {}, filters, el("div", { class: "row-actions" }, counted(page, "clients"), exporter),
+      return el("div", {}, filters, el("div", { class: "row-actions" }, counted("clients", page, "clients"), exporter),
         table("clients", ["Name", "Email", "Status", "Responsible", "Tags"], rows),
         el("h3", { text: "Add a client" }), add, importer());
     });
@@ -460,7 +477,7 @@
 
   var dealFilters = { status: "open", stage: "", responsible_id: "" };
   function crmDeals() {
-    return Promise.all([api("GET", "api/deals?" + query(dealFilters)), api("GET", "api/stages")]).then(function (r) {
+    return Promise.all([api("GET", "api/deals?" + paged("deals", query(dealFilters))), api("GET", "api/stages")]).then(function (r) {
       var page = r[0];
       var status = picker("deal status", same(["open", "won", "lost"]), dealFilters.status, "any status");
       var stage = picker("stage", same(r[1]), dealFilters.stage, "any stage");
@@ -468,7 +485,7 @@
       var filters = filterForm([status, stage, responsible], function () {
         dealFilters = { status: status.value, stage: stage.value, responsible_id: responsible.value };
       });
-      return el("div", {}, filters, counted(page, "deals"), dealTable(page.items));
+      return el("div", {}, filters, counted("deals", page, "deals"), dealTable(page.items));
     });
   }
   function dealTable(items) {
@@ -482,14 +499,14 @@
 
   var taskFilters = { state: "open", due: "", assignee_id: "" };
   function crmTasks() {
-    return api("GET", "api/tasks?" + query(taskFilters)).then(function (page) {
+    return api("GET", "api/tasks?" + paged("tasks", query(taskFilters))).then(function (page) {
       var state = picker("task state", same(["open", "done"]), taskFilters.state === "any" ? "" : taskFilters.state, "open and done");
       var due = picker("due", [["today", "due today or overdue"], ["overdue", "overdue"]], taskFilters.due, "any due time");
       var assignee = picker("assignee", operatorOptions(), taskFilters.assignee_id, "anyone");
       var filters = filterForm([state, due, assignee], function () {
         taskFilters = { state: state.value || "any", due: due.value, assignee_id: assignee.value };
       });
-      return el("div", {}, filters, counted(page, "tasks"), taskTable(page.items));
+      return el("div", {}, filters, counted("tasks", page, "tasks"), taskTable(page.items));
     });
   }
   function taskTable(items) {
