@@ -484,6 +484,22 @@ class Transaction(Protocol):
     ) -> list[T]:
         """Entities whose searchable fields hold every word of `text`, best match first."""
 
+    def search_page(
+        self,
+        cls: type[T],
+        text: str,
+        where: Where | None = None,
+        *,
+        window: int,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int = 50,
+    ) -> tuple[Page[T], int]:
+        """The `window` best matches of `search` listed in `order` one page at a time, as
+        `page` lists (pass `Page.next` as `after`), and how many they are (at most `window`):
+        a free-text listing whose work is bounded by `window` whatever the words, and which
+        reads only the page's entities."""
+
     def upsert_many(self, cls: type[T], entities: Iterable[T], *, key: Sequence[str]) -> int:
         """Add each entity, or update the one with the same `key` fields (keeping its id);
         returns how many were written."""

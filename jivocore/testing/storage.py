@@ -987,6 +987,46 @@ class StorageContract:
             # The best match first: the item that says little else but "order".
             assert tx.search(Item, "order")[0].id == "d"
 
+    @pytest.mark.parametrize("order", [["size"], ["-size"], ["title", "-id"], ["-at"]])
+    def test_search_pages_list_the_best_window_in_order(
+        self, storage: Storage, texts: list[Item], order: list[str]
+    ) -> None:
+        def listing(
+            text: str, window: int, limit: int, where: Where | None = None
+        ) -> tuple[list[str], int]:
+            seen: list[str] = []
+            after = None
+            with storage.transaction(write=False) as tx:
+                while True:
+                    page, count = tx.search_page(
+                        Item, text, where, window=window, order=order, after=after, limit=limit
+                    )
+                    seen += [i.id for i in page.items]
+                    if page.next is None:
+                        return seen, count
+                    assert len(page.items) == limit
+                    after = page.next
+
+        by_order = [i.id for i in in_order(texts, order)]
+        for limit in (1, 2, 5):
+            assert listing("order", 10, limit) == ([i for i in by_order if i in "abd"], 3)
+            assert listing("order", 10, limit, {"size": Range(ge=2)}) == (
+                [i for i in by_order if i in "bd"],
+                2,
+            )
+            # The window keeps the best matches: "d" says little but "order".
+            best, count = listing("order", 2, limit)
+            assert count == 2 and "d" in best and set(best) < {"a", "b", "d"}
+            assert best == [i for i in by_order if i in best]
+            assert listing("nothing like it", 10, limit) == ([], 0)
+            assert listing("   ", 10, limit) == ([], 0)
+        with storage.transaction(write=False) as tx:
+            for bad in ({"window": 0}, {"limit": 0}):
+                with pytest.raises(ValidationError):
+                    tx.search_page(Item, "order", **{"window": 5, **bad})  # type: ignore[arg-type]
+            with pytest.raises(ValidationError):
+                tx.search_page(Ticket, "order", window=5)
+
     def test_search_follows_changes(self, storage: Storage, texts: list[Item]) -> None:
         with storage.transaction() as tx:
             tx.update(attrs.evolve(tx.get(Item, "a"), body="all good now"))

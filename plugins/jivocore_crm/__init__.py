@@ -9,7 +9,6 @@ indexed query on every backend. See docs/crm.md.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, time, timedelta
 from typing import Any, Generic, TypeVar
@@ -34,9 +33,6 @@ from jivocore import (
     Where,
     Work,
     hookimpl,
-    make_cursor,
-    parse_order,
-    read_cursor,
 )
 
 T = TypeVar("T")
@@ -313,34 +309,12 @@ def _search(
     after: str | None,
     limit: int,
 ) -> Listing[Client]:
-    """Free text with the other filters, sorted and paginated. The storage contract's `search`
-    ranks and bounds its answer and has no count, so the matches (at most `crm_search_limit`)
-    are ordered and paged here by the same keys a storage listing uses."""
+    """Free text with the other filters: the `crm_search_limit` best matches, in `order`."""
     bound = int(setting(desk, "crm_search_limit"))
-    found = tx.search(Client, text, where, limit=bound)
-    etype = desk.entity_types["clients"]
-    parsed = parse_order(etype, order)
-
-    def key(client: Client) -> list[Any]:
-        return [desk.converter.unstructure(getattr(client, name)) for name, _ in parsed]
-
-    def compare(a: Sequence[Any], b: Sequence[Any]) -> int:
-        for (_, desc), x, y in zip(parsed, a, b, strict=True):
-            if x == y:
-                continue
-            # None sorts first ascending and last descending, as every backend orders it.
-            less = y is not None and (x is None or x < y)
-            return (1 if less else -1) if desc else (-1 if less else 1)
-        return 0
-
-    ordered = sorted(found, key=lambda c: functools.cmp_to_key(compare)(key(c)))
-    if after is not None:
-        cursor = read_cursor(after, parsed)
-        ordered = [c for c in ordered if compare(key(c), cursor) > 0]
-    page = ordered[:limit]
-    more = len(ordered) > limit
-    cursor_next = make_cursor(desk.converter, etype, page[-1], parsed) if more else None
-    return Listing(tuple(page), cursor_next, len(found), exact=len(found) < bound)
+    page, count = tx.search_page(
+        Client, text, where, window=bound, order=order, after=after, limit=limit
+    )
+    return Listing(page.items, page.next, count, exact=count < bound)
 
 
 __all__ = [

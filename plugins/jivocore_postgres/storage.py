@@ -343,10 +343,12 @@ class PostgresTransaction:
         order: Sequence[str],
         after: str | None,
         limit: int | None,
+        also: Sequence[str] = (),
     ) -> tuple[EntityType, list[tuple[str, bool]], str, list[Any]]:
         etype = self.tables.of(cls)
         parsed = parse_order(etype, order)
         clauses, params = self._where(etype, where)
+        clauses += also
         if after is not None:
             values = read_cursor(after, parsed)
             # Rows after the cursor in the listing's own order, where None sorts before every
@@ -470,6 +472,45 @@ class PostgresTransaction:
             query, [tsquery, *params, tsquery], what=f"cannot search {cls.__name__}"
         ).fetchall()
         return [etype.decode(self.converter, row) for row in rows]
+
+    def search_page(
+        self,
+        cls: type[T],
+        text: str,
+        where: Where | None = None,
+        *,
+        window: int,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int = 50,
+    ) -> tuple[Page[T], int]:
+        etype = self.tables.of(cls)
+        if not etype.searchable:
+            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
+        if limit < 1 or window < 1:
+            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        parse_order(etype, order)
+        tsquery = _tsquery(text)
+        if tsquery is None:
+            return Page((), None), 0
+        clauses, params = self._where(etype, where)
+        # The window as `search` ranks it; only the page's rows are read and decoded.
+        hits = (
+            f"WITH hits AS (SELECT id FROM {q(etype.name)} WHERE {q(SEARCH)} @@ %s::tsquery"
+            + "".join(f" AND {c}" for c in clauses)
+            + f" ORDER BY ts_rank({q(SEARCH)}, %s::tsquery) DESC, id LIMIT {int(window)}) "
+        )
+        params = [tsquery, *params, tsquery]
+        _, parsed, listing, rest = self._query(
+            cls, None, order, after, limit + 1, also=("id IN (SELECT id FROM hits)",)
+        )
+        what = f"cannot search {cls.__name__}"
+        rows = self._execute(hits + listing, [*params, *rest], what=what).fetchall()
+        count = self._execute(f"{hits}SELECT count(*) AS n FROM hits", params, what=what)
+        items = [etype.decode(self.converter, row) for row in rows[:limit]]
+        more = len(rows) > limit
+        cursor = make_cursor(self.converter, etype, items[-1], parsed) if more else None
+        return Page(tuple(items), cursor), int(count.fetchone()["n"])
 
     # writes -------------------------------------------------------------------------------
 

@@ -484,6 +484,62 @@ class SQLiteTransaction:
         rows = self.conn.execute(sql, [match, *params]).fetchall()
         return [self._decode(etype, row) for row in rows]
 
+    def search_page(
+        self,
+        cls: type[T],
+        text: str,
+        where: Where | None = None,
+        *,
+        window: int,
+        order: Sequence[str] = ("id",),
+        after: str | None = None,
+        limit: int = 50,
+    ) -> tuple[Page[T], int]:
+        etype = self.tables.of(cls)
+        if not etype.searchable:
+            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
+        if limit < 1 or window < 1:
+            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        parsed = parse_order(etype, order)
+        words = text.split()
+        if not words:
+            return Page((), None), 0
+        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        table, fts = f"[{etype.name}]", f"[{etype.name}_fts]"
+        # The full-text index drives: the filter's sets are probed per match.
+        clauses, params = self._where(etype, where, probe=True)
+        hits = (
+            f"WITH hits AS (SELECT {table}.rowid AS _row FROM {fts} CROSS JOIN {table} "
+            f"ON {table}.rowid = {fts}.rowid WHERE {fts} MATCH ?"
+            + "".join(f" AND {c}" for c in clauses)
+            + f" ORDER BY {fts}.rank LIMIT {int(window)}) "
+        )
+        params = [match, *params]
+        # Only the window's order keys are sorted; only the page's rows are read and decoded.
+        sql = (
+            f"{hits}SELECT {self.tables.columns[etype.name]}, (SELECT count(*) FROM hits) AS _n "
+            f"FROM hits CROSS JOIN {table} ON {table}.rowid = hits._row"
+        )
+        rest: list[Any] = []
+        if after is not None:
+            clause, rest = self._after(etype, parsed, read_cursor(after, parsed))
+            sql += f" WHERE {clause}"
+        sql += " ORDER BY " + ", ".join(f"{table}.[{n}]{' DESC' if d else ''}" for n, d in parsed)
+        rows = self.conn.execute(f"{sql} LIMIT {int(limit) + 1}", [*params, *rest]).fetchall()
+        if rows:
+            count = int(rows[0]["_n"])
+        else:  # past the last page
+            count = int(self.conn.execute(f"{hits}SELECT count(*) FROM hits", params).fetchone()[0])
+        items = []
+        for row in rows[:limit]:
+            values = _values(row)
+            del values["_n"]
+            self._saw(etype, values)
+            items.append(etype.decode(self.converter, values))
+        more = len(rows) > limit
+        cursor = make_cursor(self.converter, etype, items[-1], parsed) if more else None
+        return Page(tuple(items), cursor), count
+
     # writes -------------------------------------------------------------------------------
 
     def add(self, entity: T) -> T:
