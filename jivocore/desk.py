@@ -75,11 +75,12 @@ CORE_ENTITY_TYPES: tuple[EntityType, ...] = (
         name="clients",
         cls=Client,
         # The listings' orders (created, name) with `id` to break ties, so a page walks an index
-        # and stops; the common equalities before `created`, so they walk one too.
+        # and stops; the common equalities before them, so those walk one too.
         indexes=(
             ("created", "id"),
             ("name", "id"),
             ("responsible_id", "created", "id"),
+            ("responsible_id", "name", "id"),
             ("status", "created", "id"),
             ("open_deals",),
             ("next_task_due",),

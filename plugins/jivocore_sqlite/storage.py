@@ -129,6 +129,9 @@ class SQLiteTransaction:
         self.tables = tables
         self.converter = converter
         self._seen: dict[tuple[str, str], Mapping[str, Any]] = {}
+        # Bounded counts `_drive` made, with the connection's changes then: a listing's page
+        # and its count ask alike; any write since makes them stale.
+        self._counted: dict[tuple[str, tuple[Any, ...], int], tuple[int, int]] = {}
 
     def _saw(self, etype: EntityType, row: Mapping[str, Any]) -> None:
         if len(self._seen) >= self._SEEN:
@@ -161,24 +164,25 @@ class SQLiteTransaction:
         where: Where | None,
         *,
         probe: bool = False,
-        joins: list[tuple[str, Any]] | None = None,
+        drive: tuple[str, Any] | None = None,
     ) -> tuple[list[str], list[Any]]:
         """`where` as SQL conditions. A set field's condition is `id IN (the holders)`, which
-        lets SQLite start from the side table when few entities hold the values. Given `joins`,
-        a condition that names one value per side-table row (any of one value, all of some) is
-        a join on the side table instead, added there, so SQLite may start from either table
-        by its statistics without first listing every holder. With `probe`, it is a correlated
-        EXISTS on the side table's (entity_id, value) key, tested per row (~1 us) while another
-        index drives (a walk in order, a full-text match), where the IN form would first list
-        every holder (~1.5 ms for 5,000 of them, growing with the table)."""
+        lets SQLite start from the side table when few entities hold the values. With `probe`,
+        it is a correlated EXISTS on the side table's (entity_id, value) key instead, tested per
+        row (~1 us) while another index drives (a walk in order, a full-text match), where the
+        IN form would first list every holder (~1.5 ms for 5,000 of them, growing with the
+        table). With `drive` (see `_drive`), only that condition is left for SQLite to start
+        from: it keeps the IN form (a value of HasAll: that value's holders), the other sets
+        probe, and when a set drives the columns are made unindexable (`+column`)."""
         clauses: list[str] = []
         params: list[Any] = []
         if not where:
             return clauses, params
         etype.check_fields(where)
+        set_drives = drive is not None and drive[0] != ""
         for field, cond in where.items():
             etype.check_filterable(field)
-            col = f"[{etype.name}].[{field}]"
+            col = f"{'+' if set_drives else ''}[{etype.name}].[{field}]"
             if field in etype.members:
                 side = f"[{etype.name}__{field}]"
                 if isinstance(cond, HasAny | HasAll):
@@ -188,23 +192,14 @@ class SQLiteTransaction:
                     if not values:
                         clauses.append("0" if isinstance(cond, HasAny) else "1")
                         continue
-                    marks = ", ".join("?" * len(values))
-                    if (
-                        joins is not None
-                        and not probe
-                        and (len(values) == 1 or isinstance(cond, HasAll))
-                    ):
-                        for value in values:
-                            name = f"m{len(joins)}"
-                            joins.append(
-                                (
-                                    f" JOIN {side} AS {name} ON {name}.entity_id = "
-                                    f"[{etype.name}].id AND {name}.value = ?",
-                                    value,
-                                )
-                            )
+                    holders = f"[{etype.name}].id IN (SELECT entity_id FROM {side} WHERE value"
+                    if drive is not None and drive[0] == field and drive[1] is not None:
+                        holding, values = self._holders_of_all(etype, field, values, drive[1])
+                        clauses.append(f"[{etype.name}].id IN ({holding})")
+                        params += values
                         continue
-                    if probe:
+                    marks = ", ".join("?" * len(values))
+                    if (probe or drive is not None) and drive != (field, None):
                         exists = (
                             f"EXISTS (SELECT 1 FROM {side} AS s "
                             f"WHERE s.entity_id = [{etype.name}].id AND s.value"
@@ -214,14 +209,11 @@ class SQLiteTransaction:
                         else:
                             clauses += [f"{exists} = ?)"] * len(values)
                     elif isinstance(cond, HasAny):
-                        clauses.append(
-                            f"[{etype.name}].id IN (SELECT entity_id FROM {side} "
-                            f"WHERE value IN ({marks}))"
-                        )
+                        clauses.append(f"{holders} IN ({marks}))")
                     else:
                         clauses.append(
-                            f"[{etype.name}].id IN (SELECT entity_id FROM {side} WHERE value IN "
-                            f"({marks}) GROUP BY entity_id HAVING count(*) = {len(values)})"
+                            f"{holders} IN ({marks}) GROUP BY entity_id "
+                            f"HAVING count(*) = {len(values)})"
                         )
                     params += values
                     continue
@@ -255,6 +247,21 @@ class SQLiteTransaction:
                 clauses.append(f"{col} = ?")
                 params.append(etype.value(self.converter, field, cond))
         return clauses, params
+
+    @staticmethod
+    def _holders_of_all(
+        etype: EntityType, field: str, values: list[Any], lead: Any
+    ) -> tuple[str, list[Any]]:
+        """The ids holding every one of `values` in `field`, from the side table alone: the
+        holders of `lead` that hold the others too. With its parameters."""
+        side = f"[{etype.name}__{field}]"
+        others = [v for v in values if v != lead]
+        probes = "".join(
+            f" AND EXISTS (SELECT 1 FROM {side} AS s WHERE s.entity_id = h.entity_id "
+            "AND s.value = ?)"
+            for _ in others
+        )
+        return f"SELECT h.entity_id FROM {side} AS h WHERE h.value = ?{probes}", [lead, *others]
 
     def _after(
         self, etype: EntityType, parsed: list[tuple[str, bool]], values: list[Any]
@@ -297,8 +304,8 @@ class SQLiteTransaction:
         """The listing's SELECT. With `walk` (an index, and the key of the last entry to read
         or None), SQLite walks that index in the listing's order and tests the filter on each
         row, reading no further than that entry."""
-        joins: list[tuple[str, Any]] = []
-        clauses, params = self._where(etype, where, probe=walk is not None, joins=joins)
+        drive = None if walk is not None else self._drive(etype, where)
+        clauses, params = self._where(etype, where, probe=walk is not None, drive=drive)
         if after is not None:
             clause, values = self._after(etype, parsed, read_cursor(after, parsed))
             clauses.append(clause)
@@ -312,8 +319,6 @@ class SQLiteTransaction:
                 marks = ", ".join("?" * len(last))
                 clauses.append(f"({cols}) {'>=' if parsed[0][1] else '<='} ({marks})")
                 params += last
-        sql += "".join(join for join, _ in joins)
-        params = [value for _, value in joins] + params
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY " + ", ".join(
@@ -395,6 +400,62 @@ class SQLiteTransaction:
                 best = (k, index, set(fields[:k]))
         return None if best is None else (best[1], best[2])
 
+    def _drive(self, etype: EntityType, where: Where | None) -> tuple[str, Any] | None:
+        """The condition to find the matches of `where` from, when it combines a set condition
+        with others (or is all of several values): (a set field, None), (a set field, one value
+        of its HasAll), or ("", None) for the conditions on the entity's own columns, with
+        SQLite choosing among their indexes; None leaves every choice to SQLite. Its statistics
+        know only the average set value, so a tag held by 20% of the clients would lead as
+        readily as one held by 0.1%: instead the columns' conditions are counted together,
+        then each candidate set up to the best count so far, each from its own index, and the
+        smallest leads."""
+        where = where or {}
+        sets = [
+            f
+            for f, c in where.items()
+            if f in etype.members and isinstance(c, HasAny | HasAll) and c.values
+        ]
+        if not sets or (len(where) < 2 and not isinstance(where[sets[0]], HasAll)):
+            return None
+        rows = self.conn.execute(f"SELECT max(rowid) FROM [{etype.name}]").fetchone()[0] or 0
+        bound = 4 * math.isqrt(rows * 51) + 1  # four walks' reach (see `_rows`)
+        leading = {fields[0] for _, fields in self.tables.indexes[etype.name]}
+        columns = {f: c for f, c in where.items() if f not in etype.members}
+        best: tuple[int, str, Any] = (bound + 1, "", None)  # no index: any set leads
+        if any(f in leading and not isinstance(c, Not) for f, c in columns.items()):
+            clauses, params = self._where(etype, columns)
+            sql = f"SELECT 1 FROM [{etype.name}] WHERE {' AND '.join(clauses)}"
+            best = (self._bounded(sql, params, bound), "", None)
+        for field in sets:
+            cond = where[field]
+            side = f"[{etype.name}__{field}]"
+            values = [etype.value(self.converter, field, v) for v in cond.values]
+            if isinstance(cond, HasAll):
+                candidates = [(f"SELECT 1 FROM {side} WHERE value = ?", [v], v) for v in values]
+            else:
+                marks = ", ".join("?" * len(values))
+                sql = f"SELECT DISTINCT entity_id FROM {side} WHERE value IN ({marks})"
+                candidates = [(sql, values, None)]
+            for sql, params, value in candidates:
+                count = self._bounded(sql, params, min(best[0], bound))
+                if count < best[0]:
+                    best = (count, field, value)
+        return best[1], best[2]
+
+    def _bounded(self, sql: str, params: list[Any], bound: int) -> int:
+        """How many rows `sql` selects, up to `bound`; remembered until the next write."""
+        key = (sql, tuple(params), bound)
+        known = self._counted.get(key)
+        if known is not None and known[1] == self.conn.total_changes:
+            return known[0]
+        count = int(
+            self.conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {bound})", params).fetchone()[0]
+        )
+        if len(self._counted) >= self._SEEN:
+            self._counted.clear()
+        self._counted[key] = (count, self.conn.total_changes)
+        return count
+
     def select(
         self,
         cls: type[T],
@@ -442,9 +503,8 @@ class SQLiteTransaction:
         if limit is not None and limit < 0:
             raise ValidationError(f"a count stops at a number of 0 or more, not {limit}")
         etype = self.tables.of(cls)
-        joins: list[tuple[str, Any]] = []
-        clauses, params = self._where(etype, where, joins=joins)
-        params = [value for _, value in joins] + params
+        drive = self._drive(etype, where)
+        clauses, params = self._where(etype, where, drive=drive)
         field, cond = next(iter(where.items())) if where and len(where) == 1 else ("", None)
         if field in etype.members and isinstance(cond, HasAny) and params:
             # One set condition: its side table's (value, entity_id) index answers alone.
@@ -453,8 +513,10 @@ class SQLiteTransaction:
                 f"SELECT {distinct}entity_id FROM [{etype.name}__{field}] "
                 f"WHERE value IN ({', '.join('?' * len(params))})"
             )
+        elif drive is not None and drive[1] is not None and len(where or {}) == 1:
+            sql, params = self._holders_of_all(etype, field, params, drive[1])  # its values
         else:
-            sql = f"SELECT 1 FROM [{etype.name}]" + "".join(join for join, _ in joins)
+            sql = f"SELECT 1 FROM [{etype.name}]"
             if clauses:
                 sql += " WHERE " + " AND ".join(clauses)
         if limit is not None:
@@ -910,8 +972,9 @@ class SQLiteStorage:
                 self._create(sqlite_utils.Database(conn), entity_types, converter)
                 # Statistics let SQLite pick the selective index of a combined filter (one
                 # operator's clients of a status: the operator's index, not the status's).
-                # Sampled, so ~0.1 s on 1M clients; refreshed each time the desk opens.
-                conn.execute("PRAGMA analysis_limit = 400")
+                # Sampled (~0.4 s on 1M clients), refreshed each time the storage is set up; a
+                # smaller sample sees one status only and takes it for a selective one.
+                conn.execute("PRAGMA analysis_limit = 100000")
                 conn.execute("ANALYZE")
                 conn.execute("COMMIT")
             except BaseException:
