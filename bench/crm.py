@@ -550,7 +550,8 @@ class Filter(NamedTuple):
     side table's key); `counted` selects one row per match by the cheapest index. `walks`: the
     index to walk for each order (one with the filter's equality first, where there is one);
     `exact`: the orders whose walk meets only matches; `lead`: the equality those indexes
-    lead with, whose parameter comes first."""
+    lead with, whose parameter comes first; `rare`: the holders of a set condition (once
+    each), which when fewer than a walk's reach are found and sorted without trying the walk."""
 
     found: str
     tested: str
@@ -559,6 +560,7 @@ class Filter(NamedTuple):
     walks: Mapping[tuple[str, ...], str] = WALKS
     exact: frozenset[tuple[str, ...]] = frozenset()
     lead: str = ""
+    rare: tuple[str, Sequence[Any]] | None = None
 
 
 class Hand:
@@ -596,8 +598,17 @@ class Hand:
         conn = self.conn
         conn.execute("BEGIN")
         try:
+            rare = (
+                flt.rare is not None
+                and conn.execute(
+                    f"SELECT count(*) FROM ({flt.rare[0]} LIMIT {self.reach})", flt.rare[1]
+                ).fetchone()[0]
+                < self.reach
+            )
             if exact:
                 rows = page(flt.tested, None, True)
+            elif rare:
+                rows = page(flt.found, None, False)
             else:
                 # The walk's last entry: the index's `reach`-th after the cursor (among the
                 # equality's entries when the index leads with one).
@@ -688,14 +699,15 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
             f"s.value IN ({marks(values)}))"
         )
         also = f"{extra} AND " if extra else ""
-        if extra:
-            counted = f"SELECT 1 FROM clients WHERE {also}id IN ({holders})"
-        else:  # the side table alone
-            counted = (
-                holders.replace("SELECT", "SELECT DISTINCT", 1) if len(values) > 1 else holders
-            )
+        each = holders.replace("SELECT", "SELECT DISTINCT", 1) if len(values) > 1 else holders
+        # the side table alone, when the tags are the whole filter
+        counted = f"SELECT 1 FROM clients WHERE {also}id IN ({holders})" if extra else each
         return Filter(
-            f"{also}id IN ({holders})", f"{also}{probe}", counted, [*extra_params, *values]
+            f"{also}id IN ({holders})",
+            f"{also}{probe}",
+            counted,
+            [*extra_params, *values],
+            rare=(each, values),
         )
 
     def column_filter(
@@ -771,7 +783,13 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
             boss,
             crm.ClientFilter(tags={a, b}, all_tags=True),
             order_of(rnd),
-            Filter(f"id IN ({both})", f"{probe} AND {probe}", both, [b, a]),
+            Filter(
+                f"id IN ({both})",
+                f"{probe} AND {probe}",
+                both,
+                [b, a],
+                rare=("SELECT entity_id FROM clients__tags WHERE value = ?", [a]),
+            ),
         )
 
     def open_deals(rnd: random.Random) -> Query:
@@ -850,7 +868,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
             op,
             crm.ClientFilter(),
             order_of(rnd),
-            Filter(f"id IN ({holders})", probe, holders, [op]),
+            Filter(f"id IN ({holders})", probe, holders, [op], rare=(holders, [op])),
         )
 
     def own_tags_due(rnd: random.Random) -> Query:
@@ -871,6 +889,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
                 f"{scoped.tested} AND {probe}",
                 f"{scoped.counted} AND id IN ({holders})",
                 [*scoped.params, op],
+                rare=scoped.rare,
             ),
         )
 

@@ -357,6 +357,9 @@ class SQLiteTransaction:
             return self.conn.execute(sql, params).fetchall()
         rows_ = self.conn.execute(f"SELECT max(rowid) FROM [{etype.name}]").fetchone()[0] or 0
         reach = math.isqrt(rows_ * limit) + 1
+        if self._rare(etype, where, reach):
+            sql, params = self._query(etype, where, parsed, after, limit)
+            return self.conn.execute(sql, params).fetchall()
         # The key of the last entry within reach, read from the index alone.
         clauses, params = self._where(etype, {f: (where or {})[f] for f in equal})
         if after is not None:
@@ -378,6 +381,28 @@ class SQLiteTransaction:
             return rows
         sql, params = self._query(etype, where, parsed, after, limit)
         return self.conn.execute(sql, params).fetchall()
+
+    def _rare(self, etype: EntityType, where: Where | None, bound: int) -> bool:
+        """Whether a set condition of `where` has fewer than `bound` holders (for HasAll, one
+        of its values does), counted from its side table: then its holders, sorted, cost less
+        than a walk that would not fill the page."""
+        for field, cond in (where or {}).items():
+            if field not in etype.members or not isinstance(cond, HasAny | HasAll):
+                continue
+            values = [etype.value(self.converter, field, v) for v in cond.values]
+            groups = [values] if isinstance(cond, HasAny) else [[v] for v in values]
+            for group in groups:
+                if group and self._bounded(*self._holders(etype, field, group), bound) < bound:
+                    return True
+        return False
+
+    @staticmethod
+    def _holders(etype: EntityType, field: str, values: list[Any]) -> tuple[str, list[Any]]:
+        """The ids holding any of `values` in `field`, from its side table, once each."""
+        distinct = "DISTINCT " if len(values) > 1 else ""
+        marks = ", ".join("?" * len(values))
+        side = f"[{etype.name}__{field}]"
+        return f"SELECT {distinct}entity_id FROM {side} WHERE value IN ({marks})", values
 
     def _walkable(
         self, etype: EntityType, where: Where | None, parsed: list[tuple[str, bool]]
@@ -428,14 +453,11 @@ class SQLiteTransaction:
             best = (self._bounded(sql, params, bound), "", None)
         for field in sets:
             cond = where[field]
-            side = f"[{etype.name}__{field}]"
             values = [etype.value(self.converter, field, v) for v in cond.values]
             if isinstance(cond, HasAll):
-                candidates = [(f"SELECT 1 FROM {side} WHERE value = ?", [v], v) for v in values]
+                candidates = [(*self._holders(etype, field, [v]), v) for v in values]
             else:
-                marks = ", ".join("?" * len(values))
-                sql = f"SELECT DISTINCT entity_id FROM {side} WHERE value IN ({marks})"
-                candidates = [(sql, values, None)]
+                candidates = [(*self._holders(etype, field, values), None)]
             for sql, params, value in candidates:
                 count = self._bounded(sql, params, min(best[0], bound))
                 if count < best[0]:
@@ -508,11 +530,7 @@ class SQLiteTransaction:
         field, cond = next(iter(where.items())) if where and len(where) == 1 else ("", None)
         if field in etype.members and isinstance(cond, HasAny) and params:
             # One set condition: its side table's (value, entity_id) index answers alone.
-            distinct = "DISTINCT " if len(params) > 1 else ""
-            sql = (
-                f"SELECT {distinct}entity_id FROM [{etype.name}__{field}] "
-                f"WHERE value IN ({', '.join('?' * len(params))})"
-            )
+            sql, params = self._holders(etype, field, params)
         elif drive is not None and drive[1] is not None and len(where or {}) == 1:
             sql, params = self._holders_of_all(etype, field, params, drive[1])  # its values
         else:
