@@ -184,6 +184,42 @@ def test_reconnect_resumes_after_the_last_seen_sequence_number(site: Desk) -> No
     asyncio.run(chat())
 
 
+def test_a_reply_delivered_after_the_visitors_next_message_still_reaches_them(
+    tmp_path: Any,
+) -> None:
+    # The reply (seq 2) waits in the outbox while the visitor's next message (seq 3) is pushed
+    # at once: the socket must not take 2 for one it already sent.
+    web = WebChat()
+    desk = HelpDesk.open(str(tmp_path / "desk.db"), plugins=[web])
+    ann = desk.add_operator("Ann", presence="online")
+
+    async def chat(base: str) -> list[tuple[int, str]]:
+        got: list[dict[str, Any]] = []
+
+        async def until(type: str) -> None:  # keeping the messages that come first
+            while (data := json.loads(await asyncio.wait_for(ws.recv(), 5)))["type"] != type:
+                if data["type"] == "message":
+                    got.append(data)
+
+        async with websockets.connect(base.replace("http", "ws") + "/api/visitor/ws") as ws:
+            await ws.send(json.dumps({"type": "message", "id": "1", "text": "hello"}))
+            await until("ack")
+            conversation = desk.inbox(ann.id)[0].id
+            desk.accept(conversation, ann.id)
+            desk.reply(conversation, ann.id, "the reply")  # in the outbox
+            await ws.send(json.dumps({"type": "message", "id": "2", "text": "are you there?"}))
+            await until("ack")
+            desk.deliver()  # now the reply is pushed
+            while len(got) < 3:
+                got.append(await recv(ws, "message"))
+            return [(m["seq"], m["text"]) for m in got]
+
+    with running(make_app(desk, web, worker=False)) as base:
+        got = asyncio.run(chat(base))
+    desk.shutdown()
+    assert got == [(1, "hello"), (3, "are you there?"), (2, "the reply")]
+
+
 def test_a_resent_message_is_stored_once(site: Desk) -> None:
     _, auth = site.visitor()
     for _ in range(2):
@@ -390,6 +426,38 @@ def test_serve_is_a_jivocore_command_and_demo_seeds_every_view(tmp_path: Any) ->
         r = httpx.post(base + "/api/login", json={"login": "bob", "password": made[1][2]})
         assert r.status_code == 200
     desk.shutdown()
+
+
+def test_serve_shuts_the_desk_down_on_sigterm(tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from jivocore_webchat.testing import free_port
+
+    db, port = tmp_path / "served.db", free_port()
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "jivocore", "--db", db, "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout
+                time.sleep(0.1)
+        assert (tmp_path / "served.db-wal").exists()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        server.kill()
+    assert not (tmp_path / "served.db-wal").exists()  # closed: the last connection checkpointed
 
 
 def test_the_docs_mounting_example_runs(tmp_path: Any, monkeypatch: Any) -> None:

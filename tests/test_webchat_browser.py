@@ -439,6 +439,34 @@ def test_widget_reconnects_without_losing_or_repeating_messages(
     desk.shutdown()
 
 
+def test_widget_shows_a_late_reply_in_its_place(browser: Any, tmp_path: Path) -> None:
+    # The reply waits in the outbox while the visitor writes again: it arrives last but is
+    # shown where it belongs, and the widget still resumes after what it has shown.
+    web = WebChat()
+    desk = HelpDesk.open(str(tmp_path / "desk.db"), plugins=[web])
+    ann = desk.add_operator("Ann", presence="online").id
+    texts = ".jivo-msg:not(.pending)"
+    with running(make_app(desk, web, worker=False)) as base:
+        visitor = browser.new_page()
+        visitor.goto(base + "/demo")
+        box = visitor.get_by_label("message")
+        box.fill("hello")
+        box.press("Enter")
+        expect(visitor.locator(texts)).to_have_count(1)
+        conversation = desk.inbox(ann)[0].id
+        desk.accept(conversation, ann)
+        desk.reply(conversation, ann, "the reply")
+        box.fill("are you there?")
+        box.press("Enter")
+        expect(visitor.locator(texts)).to_have_count(2)
+        desk.deliver()
+        expect(visitor.locator(texts)).to_have_count(3)
+        seqs = [n.get_attribute("data-seq") for n in visitor.locator(texts).all()]
+        assert seqs == ["1", "2", "3"]
+        expect(visitor.locator(texts).nth(1)).to_contain_text("the reply")
+    desk.shutdown()
+
+
 def expect_eventually(condition: Any, timeout: float = 10.0) -> None:
     import time
 

@@ -1332,16 +1332,17 @@ async def visitor_socket(ws: WebSocket) -> None:
         await ws.send_json({"type": "limits", "max_message_bytes": state.max_bytes})
         await ws.send_json(await run_in_threadpool(web.status, desk))
         found = await run_in_threadpool(_visitor_conversation, desk, web.name, visitor_id)
-        sent: dict[str, int] = {}
+        sent = _Sent()
         if found is not None:
             after = 0
             if ws.query_params.get("conversation_id") == found.id:
                 with contextlib.suppress(ValueError):
                     after = max(0, int(ws.query_params.get("after", "0")))
+            sent.seen[found.id] = after
             history = await run_in_threadpool(desk.messages, found.id, after_seq=after)
             for message in history:
+                sent.first_time(found.id, message.seq)
                 await ws.send_json(message_payload(message, web.operator_name))
-            sent[found.id] = history[-1].seq if history else after
         pusher = asyncio.ensure_future(_push(ws, queue, sent))
         try:
             await _read_visitor(ws, state, visitor_id)
@@ -1353,16 +1354,38 @@ async def visitor_socket(ws: WebSocket) -> None:
         web.hub.remove_visitor(visitor_id, queue)
 
 
-async def _push(ws: WebSocket, queue: asyncio.Queue[Payload | None], sent: dict[str, int]) -> None:
+class _Sent:
+    """The messages a visitor's socket has had, by sequence number: every one up to `seen`, and
+    those past it in `ahead`. Not just the highest: a visitor's message is pushed as soon as it
+    is stored, an operator's reply when the outbox delivers it, so a reply (seq 4) can come
+    after the visitor's next message (seq 5), and must still be sent."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.ahead: dict[str, set[int]] = {}
+
+    def first_time(self, conversation_id: str, seq: int) -> bool:
+        seen = self.seen.get(conversation_id, 0)
+        ahead = self.ahead.setdefault(conversation_id, set())
+        if seq <= seen or seq in ahead:
+            return False
+        ahead.add(seq)
+        while seen + 1 in ahead:  # sequence numbers have no gaps: keep the set small
+            seen += 1
+            ahead.discard(seen)
+        self.seen[conversation_id] = seen
+        return True
+
+
+async def _push(ws: WebSocket, queue: asyncio.Queue[Payload | None], sent: _Sent) -> None:
     while True:
         payload = await queue.get()
         if payload is None:
             return
-        if payload.get("type") == "message":
-            last = sent.get(payload["conversation_id"], 0)
-            if payload["seq"] <= last:
-                continue  # the history already had it
-            sent[payload["conversation_id"]] = payload["seq"]
+        if payload.get("type") == "message" and not sent.first_time(
+            payload["conversation_id"], payload["seq"]
+        ):
+            continue  # the history (or another push) had it
         with contextlib.suppress(Exception):
             await ws.send_json(payload)
 

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 from datetime import datetime
 
 import attrs
@@ -74,14 +75,25 @@ def hash_password(password: str) -> str:
     return "scrypt${n}${r}${p}$".format(**_SCRYPT) + f"{b64(salt).decode()}${b64(digest).decode()}"
 
 
+# scrypt holds 128 * r * n bytes (16 MiB) while it runs: logins arriving together (or a flood
+# of wrong passwords) take turns, two at a time, instead of each holding its own 16 MiB.
+_CHECKING = threading.BoundedSemaphore(2)
+
+
 def check_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
-        found = hashlib.scrypt(
-            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=32
-        )
+        with _CHECKING:
+            found = hashlib.scrypt(
+                password.encode(),
+                salt=base64.b64decode(salt),
+                n=int(n),
+                r=int(r),
+                p=int(p),
+                dklen=32,
+            )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(found, base64.b64decode(digest))

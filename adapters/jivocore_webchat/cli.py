@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import signal
+import sys
 from datetime import timedelta
 
 import click
@@ -98,6 +100,9 @@ def serve(ctx: click.Context, host: str, port: int, demo: bool, origins: tuple[s
                 click.echo("demo: this database has logins already; nothing seeded")
         desk.start_channels()
         click.echo(f"console: http://{host}:{port}/   widget demo: http://{host}:{port}/demo")
+        # uvicorn stops gracefully on SIGTERM, then raises it again under the handler it found:
+        # make that an exit, so the desk below is shut down (as on Ctrl-C) rather than killed.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(make_app(desk, web), host=host, port=port, log_level="warning")
     finally:
         desk.stop_channels()

@@ -52,7 +52,8 @@
   [header, status, log, notice, form].forEach(function (n) { box.appendChild(n); });
 
   // The token and conversation survive page loads (a new page shows the whole conversation);
-  // the last sequence number seen lives with the page, for its reconnects.
+  // the sequence number up to which every message was shown lives with the page, for its
+  // reconnects (a reply may arrive after the visitor's next message: it is not skipped).
   var after = 0;
   var shown = {}; // "conversation:seq" -> true: nothing shown twice
   var pending = {}; // client message id -> {text, node}
@@ -71,13 +72,16 @@
       after = 0;
       save();
     }
-    if (m.seq > after) after = m.seq;
+    while (shown[m.conversation_id + ":" + (after + 1)]) after += 1;
     var node = el("div", "jivo-msg");
     node.setAttribute("data-author", m.author);
     node.setAttribute("data-seq", String(m.seq));
     if (m.author === "operator") node.appendChild(el("span", "jivo-who", m.name || "Operator"));
     node.appendChild(document.createTextNode(m.text));
-    log.appendChild(node);
+    var later = Array.prototype.find.call(log.querySelectorAll(".jivo-msg[data-seq]"), function (n) {
+      return Number(n.getAttribute("data-seq")) > m.seq;
+    });
+    log.insertBefore(node, later || null); // in sequence order, whatever order they came in
     log.scrollTop = log.scrollHeight;
   }
 
