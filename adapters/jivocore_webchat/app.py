@@ -249,8 +249,12 @@ def _conversation_view(call: Call, conversation: Conversation) -> dict[str, Any]
     return {
         "conversation": _json(desk, conversation),
         "client": _json(desk, client),
+        # The last message only: seqs run 1..message_count.
         "preview": next(
-            iter(m.text for m in reversed(desk.messages(conversation.id)[-1:])),
+            (
+                m.text
+                for m in desk.messages(conversation.id, after_seq=conversation.message_count - 1)
+            ),
             "",
         ),
     }
