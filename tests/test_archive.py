@@ -28,9 +28,11 @@ from jivocore import (
     Kind,
     Message,
     Outcome,
+    Range,
     State,
     ValidationError,
     Work,
+    archive,
 )
 from jivocore.testing import FakeClock, RecordingChannel, channel_plugin
 
@@ -170,14 +172,22 @@ def world(request: pytest.FixtureRequest) -> Iterator[tuple[HelpDesk, dict[str, 
         drop(desk)
 
 
+_texts = st.lists(st.sampled_from([*WORDS, "cafe", "order-late", "!!"]), max_size=2).map(" ".join)
+# An instant at a close, or a microsecond either side: (the nth close of the world, microseconds).
+# `at` resolves it; boundaries are then met exactly.
+_closes = st.tuples(st.integers(0, 99), st.sampled_from([-1, 0, 0, 1]))
 _queries = st.fixed_dictionaries(
     {},
     optional={
-        "text": st.lists(st.sampled_from([*WORDS, "cafe", "order-late", "!!"]), max_size=2).map(
-            " ".join
+        "text": _texts,
+        "since": st.one_of(
+            st.integers(0, 40).map(lambda m: FakeClock().now() + timedelta(minutes=m * 10)),
+            _closes,
         ),
-        "since": st.integers(0, 40).map(lambda m: FakeClock().now() + timedelta(minutes=m * 10)),
-        "until": st.integers(0, 60).map(lambda m: FakeClock().now() + timedelta(minutes=m * 10)),
+        "until": st.one_of(
+            st.integers(0, 60).map(lambda m: FakeClock().now() + timedelta(minutes=m * 10)),
+            _closes,
+        ),
         "operator": st.sampled_from(["ann", "bob", "cat"]),
         "channel": st.sampled_from(["web", "mail"]),
         "kind": st.sampled_from(list(Kind)),
@@ -187,6 +197,16 @@ _queries = st.fixed_dictionaries(
         "blocked": st.booleans(),
     },
 )
+
+
+def at(world: Any, instant: datetime | tuple[int, int]) -> datetime:
+    """The instant, resolving a drawn `_closes` against the world's closes."""
+    if isinstance(instant, datetime):
+        return instant
+    conversations = world[0]
+    closes = sorted({c.closed for c in conversations if c.state is State.CLOSED})
+    n, micros = instant
+    return closes[n % len(closes)] + timedelta(microseconds=micros)
 
 
 def expected(world: Any, ops: dict[str, str], viewer: str, query: dict[str, Any]) -> list[str]:
@@ -240,6 +260,7 @@ def test_search_and_filters_agree_with_a_scan(
     world: Any, query: dict[str, Any], viewer: str, limit: int
 ) -> None:
     desk, ops, data = world
+    query = {k: at(data, v) if k in ("since", "until") else v for k, v in query.items()}
     want = expected(data, ops, viewer, query)
     seen: list[str] = []
     after = None
@@ -263,9 +284,73 @@ def test_search_and_filters_agree_with_a_scan(
         assert sorted(best) == sorted(want[:5])  # ranked among the newest 5 matches
 
 
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    text=_texts,
+    bounds=st.fixed_dictionaries({}, optional=dict.fromkeys(["gt", "ge", "lt", "le"], _closes)),
+    by=st.sampled_from(["date", "relevance"]),
+    limit=st.integers(1, 7),
+)
+def test_a_document_search_keeps_to_its_period(
+    world: Any, text: str, bounds: dict[str, Any], by: str, limit: int
+) -> None:
+    """The storage contract's `search_documents(at=Range(...))` alone (the archive also filters
+    on the close): exactly the matches dated within every bound, at and beside a document's date."""
+    desk, ops, data = world
+    period = Range(**{bound: at(data, instant) for bound, instant in bounds.items()})
+    closes = {c.id: c.closed for c in data[0]}
+    want = [
+        i
+        for i in expected(data, ops, "boss", {"text": text})
+        if (period.gt is None or closes[i] > period.gt)
+        and (period.ge is None or closes[i] >= period.ge)
+        and (period.lt is None or closes[i] < period.lt)
+        and (period.le is None or closes[i] <= period.le)
+    ]
+    found: list[str] = []
+    after = None
+    while True:
+        with desk.reading() as tx:
+            page = archive.documents(tx).search_documents(
+                Conversation,
+                text,
+                {"state": State.CLOSED},
+                by=by,
+                after=after,
+                limit=limit,
+                window=5,
+                at=period,
+            )
+        assert len(page.items) <= limit
+        found += [c.id for c in page.items]
+        if page.next is None:
+            break
+        after = page.next
+    if by == "date":
+        assert found == want
+    else:
+        assert sorted(found) == sorted(want[:5])  # ranked among the newest 5 matches
+
+
+def test_a_document_period_takes_aware_datetimes(world: Any) -> None:
+    desk, _ops, _data = world
+    with desk.reading() as tx, pytest.raises(ValidationError, match="aware datetimes"):
+        archive.documents(tx).search_documents(
+            Conversation, "refund", at=Range(ge=datetime(2026, 1, 5, 9))
+        )
+
+
 def test_the_data_covers_what_the_filters_ask(world: Any) -> None:
     desk, _ops, (conversations, _, clients, now) = world
     closed = [c for c in conversations if c.state is State.CLOSED]
+    with desk.reading() as tx:  # a transcript is dated by its close
+        dates = archive.documents(tx).document_dates(Conversation, [c.id for c in closed])
+    assert dates == {c.id: c.closed for c in closed}
+    assert len(set(dates.values())) < len(dates)  # closes at the same instant
     assert {c.outcome for c in closed} == set(Outcome)
     assert {c.kind for c in closed} == set(Kind)
     assert any(c.episode > 1 for c in closed) and any(c.tags for c in closed)
@@ -309,8 +394,6 @@ def test_archive_refuses_what_it_cannot_answer(clock: FakeClock) -> None:
 def test_a_backend_without_documents_is_a_configuration_error(clock: FakeClock) -> None:
     class Plain:
         """A transaction with no search documents (a third-party backend, say)."""
-
-    from jivocore import archive
 
     with pytest.raises(ConfigurationError):
         archive.documents(Plain())  # type: ignore[arg-type]
