@@ -1,6 +1,6 @@
 """bench/crm.py: the CRM's client filters and `today` on a SQLite file of 1M clients.
 
-    python bench/crm.py                          # 1,000,000 clients (~5 min to build, cached)
+    python bench/crm.py                          # 1,000,000 clients (~2 min to build, cached)
     python bench/crm.py --clients 100000         # a quicker look
     python bench/crm.py --queries 100 --cases status,today
 
@@ -11,20 +11,22 @@ indexes are exactly the engine's); operators and tag records are made through th
 then every other row is written in one transaction by raw `executemany` in batches from
 generators, encoded as the engine stores it (fixed-width UTC times, compact JSON, sorted sets):
 `clients` with `clients__tags`, `clients__involved` and `clients_fts`, `deals`, `tasks`, the
-`timers` of undone tasks still to fall due, and the `responsible_set` events `today` reads.
-`Client.open_deals`, `Client.next_task_due` and `Client.involved` agree with the deals and
-tasks generated (checked in SQL over every client after the build, and through the engine's own
-listings on a sample).
+`timers` of undone tasks still to fall due, and the `responsible_set` events (each client's
+`responsible_at` is its last one's time). `Client.open_deals`, `Client.next_task_due`,
+`Client.responsible_at` and `Client.involved` agree with the deals, tasks and events generated
+(checked in SQL over every client after the build, and through the engine's own listings on a
+sample).
 
 Then, for each filter of `jivocore_crm.find_clients` (and combinations), and for
 `jivocore_crm.today`, it times `--queries` calls with varied parameters (operators, statuses,
 tags, words, orders, first and second pages), each beside a hand-written indexed SQL query for
-the same answer on a plain sqlite3 connection, interleaved query by query (alternating which
-side goes first), and checks that both answer the same (ids of the page, count, exact).
+the same answer on a plain sqlite3 connection (by the plans a person knowing the data would
+write: see bench/README.md), interleaved query by query (alternating which side goes first),
+and checks that both answer the same (ids of the page, count, exact).
 
 Targets (issue 4): every filter's p99 under 50 ms and within 3x of the hand-written query's p99.
 For each miss it profiles the engine's statements (captured with `set_trace_callback` on the
-desk's connection): time of each statement run raw, and `EXPLAIN QUERY PLAN`.
+desk's read connection): time of each statement run raw, and `EXPLAIN QUERY PLAN`.
 
 Exit status: 0 if every target passes, 1 if any is missed, 2 if an answer differs.
 """
