@@ -394,3 +394,69 @@ def test_the_command_line(tmp_path, monkeypatch):
     assert "Tasks due today or overdue (1)" in out.output, out.output
     out = runner.invoke(cli, [*base, "clients", "--operator", "nobody"])
     assert out.exit_code == 1 and "NotFoundError" in out.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_counts_stop_at_crm_count_limit(backend, tmp_path):
+    need_backend(backend)
+    with crm_desk(backend, tmp_path, crm_count_limit=3) as desk:
+        boss = desk.add_operator("Boss", role="manager").id
+        clients = [
+            jivocore_crm.add_client(desk, boss, f"c{n}", status="lead" if n < 2 else "new")
+            for n in range(5)
+        ]
+        for client in clients[:4]:
+            jivocore_deals.create_deal(desk, client.id, boss, "deal")
+            jivocore_tasks.create_task(desk, client.id, boss, "call", desk.clock.now())
+
+        def every(flt: ClientFilter) -> tuple[list[str], int, bool]:
+            seen, after = [], None
+            while True:
+                listing = find_clients(desk, boss, flt, after=after, limit=2)
+                seen += [c.id for c in listing.items]
+                if listing.next is None:
+                    return seen, listing.count, listing.exact
+                after = listing.next
+
+        # The count stops at the limit and says so; the pages still list every match.
+        assert every(ClientFilter()) == ([c.id for c in reversed(clients)], 3, False)
+        assert every(ClientFilter(statuses={"lead"})) == ([clients[1].id, clients[0].id], 2, True)
+        deals = jivocore_deals.find_deals(desk, boss)
+        assert (deals.count, deals.exact, len(deals.items)) == (3, False, 4)
+        tasks = jivocore_tasks.find_tasks(desk, boss, client_id=clients[0].id)
+        assert (tasks.count, tasks.exact) == (1, True)
+        tasks = jivocore_tasks.find_tasks(desk, boss)
+        assert (tasks.count, tasks.exact, len(tasks.items)) == (3, False, 4)
+
+
+def test_today_lists_whom_responsible_set_gave_to_the_operator(tmp_path):
+    clock = FakeClock()
+    with crm_desk("sqlite", tmp_path, clock) as desk:
+        ann = desk.add_operator("Ann", presence="online").id
+        bob = desk.add_operator("Bob", presence="online").id
+        boss = desk.add_operator("Boss", role="manager").id
+
+        def newly(operator: str) -> list[str]:
+            return [c.id for c in jivocore_crm.today(desk, operator).clients]
+
+        # A first accept gives the client to the operator, now.
+        message = desk.receive("web", "visitor-1", "hello")
+        desk.accept(message.conversation_id, ann)
+        first = desk.conversation(message.conversation_id).client_id
+        assert desk.client(first).responsible_at == clock.now()
+        clock.advance(timedelta(hours=1))
+        second = jivocore_crm.add_client(desk, boss, "Second").id  # no responsible_set
+        assert newly(boss) == []
+        jivocore_crm.edit_client(desk, second, boss, responsible_id=ann)
+        assert newly(ann) == [second, first]  # newest first
+        # Given to another: theirs, no longer Ann's; taken away: nobody's.
+        jivocore_crm.edit_client(desk, first, boss, responsible_id=bob)
+        assert (newly(ann), newly(bob)) == ([second], [first])
+        jivocore_crm.edit_client(desk, first, boss, responsible_id=None)
+        assert desk.client(first).responsible_at is None and newly(bob) == []
+        # A merge keeps the responsible operator with the time they were given the client.
+        merged = merge_clients(desk, first, second, boss)
+        assert (merged.responsible_id, merged.responsible_at) == (ann, clock.now())
+        assert newly(ann) == [first]
+        clock.advance(timedelta(hours=24, seconds=1))
+        assert newly(ann) == []

@@ -278,7 +278,7 @@ def find_clients(
     limit: int = 50,
 ) -> Listing[Client]:
     """A page of the clients the operator may see that match `filter`, in `order` (client
-    fields, ``-`` for descending), with the count of all that match."""
+    fields, ``-`` for descending), with how many match (see `Listing` for when it is a floor)."""
     filter = filter or ClientFilter()
     now = desk.clock.now()
     with desk.reading() as tx:
