@@ -9,7 +9,7 @@ import random
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -173,21 +173,15 @@ def world(request: pytest.FixtureRequest) -> Iterator[tuple[HelpDesk, dict[str, 
 
 
 _texts = st.lists(st.sampled_from([*WORDS, "cafe", "order-late", "!!"]), max_size=2).map(" ".join)
-# An instant at a close, or a microsecond either side: (the nth close of the world, microseconds).
-# `at` resolves it; boundaries are then met exactly.
+# A period's bound: the nth close (of the matches, so that it decides), or a microsecond either
+# side of it; `at` resolves it. Boundaries are then met exactly.
 _closes = st.tuples(st.integers(0, 99), st.sampled_from([-1, 0, 0, 1]))
 _queries = st.fixed_dictionaries(
     {},
     optional={
         "text": _texts,
-        "since": st.one_of(
-            st.integers(0, 40).map(lambda m: FakeClock().now() + timedelta(minutes=m * 10)),
-            _closes,
-        ),
-        "until": st.one_of(
-            st.integers(0, 60).map(lambda m: FakeClock().now() + timedelta(minutes=m * 10)),
-            _closes,
-        ),
+        "since": _closes,
+        "until": _closes,
         "operator": st.sampled_from(["ann", "bob", "cat"]),
         "channel": st.sampled_from(["web", "mail"]),
         "kind": st.sampled_from(list(Kind)),
@@ -199,14 +193,11 @@ _queries = st.fixed_dictionaries(
 )
 
 
-def at(world: Any, instant: datetime | tuple[int, int]) -> datetime:
-    """The instant, resolving a drawn `_closes` against the world's closes."""
-    if isinstance(instant, datetime):
-        return instant
-    conversations = world[0]
-    closes = sorted({c.closed for c in conversations if c.state is State.CLOSED})
+def at(instant: tuple[int, int], closes: Iterable[datetime | None]) -> datetime:
+    """The instant a drawn `_closes` names among these closes."""
     n, micros = instant
-    return closes[n % len(closes)] + timedelta(microseconds=micros)
+    times = sorted({c for c in closes if c is not None})
+    return times[n % len(times)] + timedelta(microseconds=micros)
 
 
 def expected(world: Any, ops: dict[str, str], viewer: str, query: dict[str, Any]) -> list[str]:
@@ -260,7 +251,11 @@ def test_search_and_filters_agree_with_a_scan(
     world: Any, query: dict[str, Any], viewer: str, limit: int
 ) -> None:
     desk, ops, data = world
-    query = {k: at(data, v) if k in ("since", "until") else v for k, v in query.items()}
+    query = dict(query)
+    period = {k: query.pop(k) for k in ("since", "until") if k in query}
+    closes = {c.id: c.closed for c in data[0]}
+    near = [closes[i] for i in expected(data, ops, viewer, query)] or closes.values()
+    query |= {k: at(v, near) for k, v in period.items()}
     want = expected(data, ops, viewer, query)
     seen: list[str] = []
     after = None
@@ -301,11 +296,13 @@ def test_a_document_search_keeps_to_its_period(
     """The storage contract's `search_documents(at=Range(...))` alone (the archive also filters
     on the close): exactly the matches dated within every bound, at and beside a document's date."""
     desk, ops, data = world
-    period = Range(**{bound: at(data, instant) for bound, instant in bounds.items()})
     closes = {c.id: c.closed for c in data[0]}
+    matches = expected(data, ops, "boss", {"text": text})
+    near = [closes[i] for i in matches] or closes.values()
+    period = Range(**{bound: at(instant, near) for bound, instant in bounds.items()})
     want = [
         i
-        for i in expected(data, ops, "boss", {"text": text})
+        for i in matches
         if (period.gt is None or closes[i] > period.gt)
         and (period.ge is None or closes[i] >= period.ge)
         and (period.lt is None or closes[i] < period.lt)
