@@ -321,6 +321,8 @@ def _reader(converter: cattrs.Converter, tp: Any, column: Column, key: str) -> _
         if len(rest) != 1:
             return _hooked(converter, tp, column, key)
         inner, names = _reader(converter, rest[0], column, key)
+        if column is Column.JSON:  # None is the JSON text null there
+            return f'None if v is None or v == "null" else {inner}', names
         return ("v" if inner == "v" else f"None if v is None else {inner}"), names
     if column is Column.JSON:
         if origin is frozenset and args == (str,):
