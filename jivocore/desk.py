@@ -779,11 +779,14 @@ class HelpDesk:
                     status=status,
                     custom=dict(custom or {}),
                     responsible_id=responsible_id,
+                    responsible_at=work.now if responsible_id else None,
                     involved=frozenset({responsible_id} if responsible_id else ()),
                     created=work.now,
                 )
             )
             work.record("client_added", client_id=client.id)
+            if responsible_id:
+                work.record("responsible_set", client_id=client.id, responsible_id=responsible_id)
             return client
 
         return self.run(change)
@@ -796,6 +799,14 @@ class HelpDesk:
             if client.responsible_id is not None:
                 work.operator(client.responsible_id)
                 edited = attrs.evolve(client, involved=client.involved | {client.responsible_id})
+            stored = work.tx.get(Client, client.id)
+            if client.responsible_id != stored.responsible_id:  # since when: for `today`
+                at = work.now if client.responsible_id is not None else None
+                edited = attrs.evolve(edited, responsible_at=at)
+                if client.responsible_id is not None:
+                    work.record(
+                        "responsible_set", client_id=client.id, responsible_id=client.responsible_id
+                    )
             saved = work.tx.update(edited)
             work.record("client_updated", client_id=saved.id)
             return saved

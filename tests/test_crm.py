@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jivocore_crm
+import jivocore_csv
 import jivocore_deals
 import jivocore_tags
 import jivocore_tasks
@@ -445,8 +446,8 @@ def test_today_lists_whom_responsible_set_gave_to_the_operator(tmp_path):
         first = desk.conversation(message.conversation_id).client_id
         assert desk.client(first).responsible_at == clock.now()
         clock.advance(timedelta(hours=1))
-        second = jivocore_crm.add_client(desk, boss, "Second").id  # no responsible_set
-        assert newly(boss) == []
+        second = jivocore_crm.add_client(desk, boss, "Second").id  # added by hand: Boss's
+        assert newly(boss) == [second]
         jivocore_crm.edit_client(desk, second, boss, responsible_id=ann)
         assert newly(ann) == [second, first]  # newest first
         # Given to another: theirs, no longer Ann's; taken away: nobody's.
@@ -460,3 +461,15 @@ def test_today_lists_whom_responsible_set_gave_to_the_operator(tmp_path):
         assert newly(ann) == [first]
         clock.advance(timedelta(hours=24, seconds=1))
         assert newly(ann) == []
+        # Every other way a client gets a responsible operator counts too.
+        clock.advance(timedelta(hours=1))
+        edited = attrs.evolve(desk.client(first), responsible_id=bob)
+        assert desk.update_client(edited).responsible_at == clock.now()
+        assert newly(bob) == [first]
+        third = desk.add_client("Third", responsible_id=bob).id
+        assert newly(bob) == [third, first]
+        table = tmp_path / "fourth.csv"
+        table.write_text(f"name,responsible\nFourth,{bob}\n", encoding="utf-8")
+        jivocore_csv.import_clients(desk, table)
+        fourth = next(c.id for c in desk.clients().items if c.name == "Fourth")
+        assert newly(bob) == [fourth, third, first]

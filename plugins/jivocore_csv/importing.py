@@ -20,6 +20,7 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from typing import IO, Any
 
 import attrs
@@ -626,9 +627,9 @@ def _fingerprint(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _apply(client: Client, values: Mapping[str, Any]) -> Client:
+def _apply(client: Client, values: Mapping[str, Any], now: datetime) -> Client:
     """`client` with a row's values: given fields set, contacts, tags and custom fields added
-    (an import adds and sets, it never removes)."""
+    (an import adds and sets, it never removes); a new responsible operator is stamped `now`."""
     edits: dict[str, Any] = {}
     if values["name"]:
         edits["name"] = values["name"]
@@ -641,8 +642,9 @@ def _apply(client: Client, values: Mapping[str, Any]) -> Client:
     if values["status"] is not None:
         edits["status"] = values["status"]
     responsible = values["responsible_id"]
-    if responsible is not None:
+    if responsible is not None and responsible != client.responsible_id:
         edits["responsible_id"] = responsible
+        edits["responsible_at"] = now
         edits["involved"] = client.involved | {responsible}
     if values["tags"] and not values["tags"] <= client.tags:
         edits["tags"] = client.tags | frozenset(values["tags"])
@@ -759,14 +761,14 @@ def _batch(ctx: _Context, seen: _Seen, parsed: list[dict[str, Any]], work: Work 
                     status=values["status"] or first_status,
                     created=now,
                 )
-                client = _apply(client, values)
+                client = _apply(client, values, now)
                 target = client.id
                 drafts[target] = client
                 made.add(target)
                 action = "create"
             else:
                 before = drafts.get(target) or clients[target]
-                after = _apply(before, values)
+                after = _apply(before, values, now)
                 drafts[target] = after
                 if duplicate_of is not None:
                     action = "merge"
