@@ -177,8 +177,10 @@ def play(desk: HelpDesk, clock: FakeClock, history: list[tuple[int, tuple[Any, .
             origin, responsible = args
             if origin == "added":
                 client = desk.add_client("c", responsible_id=of(responsible))
-                model.involved[client.id] = {of(responsible)} if responsible else set()
-                model.responsible[client.id] = of(responsible)
+                model.involved[client.id] = set()
+                model.responsible[client.id] = None
+                if responsible:  # a client added with a responsible operator is newly theirs
+                    model.make_responsible(client.id, ops[responsible], now)
                 client_id = client.id
             else:  # a visitor's chat: its first accept makes the operator responsible
                 message = desk.receive("web", f"visitor {len(model.clients)}", "hello")
