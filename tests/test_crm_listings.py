@@ -6,7 +6,7 @@ filter, visibility, order, every page by cursor, the count), `overdue` and `toda
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,7 +26,10 @@ from jivocore_tasks import Task
 OPERATORS = ["ann", "bob", "cat"]  # ordinary operators: they see only their clients
 VIEWERS = [*OPERATORS, "boss", "seer"]  # a manager, and an operator granted sees_all
 STAGES = jivocore_deals.DEFAULT_PIPELINE
-ZONES = ["UTC", "Asia/Kolkata", "Pacific/Kiritimati", "America/Los_Angeles"]
+ZONES = ["UTC", "Asia/Kolkata", "Pacific/Kiritimati", "America/Los_Angeles", "America/Havana"]
+# Where the clock starts: FakeClock's default, or the eves of 2026's clock changes in Los Angeles
+# (at 2:00) and Havana (at midnight: March 8 has none, November 1 two).
+STARTS = [None, datetime(2026, 3, 7, 20, tzinfo=UTC), datetime(2026, 10, 31, 20, tzinfo=UTC)]
 # Between two steps; on a half-hour grid but for one, so boundaries are met exactly.
 MINUTES = [0, 0, 1, 30, 60, 60, 5 * 60, 24 * 60, 3 * 24 * 60]
 
@@ -122,17 +125,18 @@ desk_settings = st.fixed_dictionaries(
 )
 
 
-def end_of_today(now: datetime, zone: str) -> datetime:
-    """Midnight after `now` in `zone`: where "today" ends."""
-    local = now.astimezone(ZoneInfo(zone))
-    return datetime.combine(local.date() + timedelta(days=1), time(), tzinfo=ZoneInfo(zone))
+def end_of_today(now: datetime, zone: str, *, days: int = 0) -> datetime:
+    """The midnight (in UTC) after the day of `now` in `zone`, where "today" ends; or `days`
+    days later. UTC, since a local time in a fold or gap never equals one in another zone."""
+    local = now.astimezone(ZoneInfo(zone)).date() + timedelta(days=1 + days)
+    return datetime.combine(local, time(), tzinfo=ZoneInfo(zone)).astimezone(UTC)
 
 
 def when(desk: HelpDesk, now: datetime, due: tuple[str, int]) -> datetime:
     unit, n = due
     if unit == "half hours":
         return now + n * timedelta(minutes=30)
-    return end_of_today(now, desk.settings["crm_timezone"]) + timedelta(days=n)
+    return end_of_today(now, desk.settings["crm_timezone"], days=n)
 
 
 @attrs.define
@@ -441,18 +445,53 @@ def test_deal_task_and_today_listings_equal_a_brute_force_model(backend, tmp_pat
     )
     @given(
         history=histories,
+        start=st.sampled_from(STARTS),
         config=desk_settings,
         moments=st.lists(when_read, min_size=1, max_size=3),
         deal_qs=st.lists(deal_queries, min_size=1, max_size=4),
         task_qs=st.lists(task_queries, min_size=1, max_size=4),
         limit=st.integers(1, 4),
     )
-    def check(history, config, moments, deal_qs, task_qs, limit):
-        clock = FakeClock()
+    def check(history, start, config, moments, deal_qs, task_qs, limit):
+        clock = FakeClock(start)
         with crm_desk(backend, tmp_path_factory.mktemp("listings"), clock, **config) as desk:
             model = play(desk, clock, history)
             for moment in moments:
                 clock.advance(wait(model, clock.now(), moment, config))
                 check_listings(desk, model, config, deal_qs, task_qs, limit)
+
+    check()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_today_ends_at_local_midnight_on_the_days_clocks_change(backend, tmp_path_factory):
+    """A day of 23 or 25 hours in `crm_timezone` ends at its midnight: tasks due at the
+    midnights about a clock change, and a microsecond either side, are due today or not as the
+    model says, at instants all through those days."""
+    need_backend(backend)
+
+    @settings(max_examples=30 if backend == "sqlite" else 10, deadline=None)
+    @given(
+        zone=st.sampled_from(["America/Havana", "America/Los_Angeles"]),
+        day=st.sampled_from([datetime(2026, 3, 7, tzinfo=UTC), datetime(2026, 10, 31, tzinfo=UTC)]),
+        half_hours=st.integers(0, 4 * 48),
+    )
+    def check(zone, day, half_hours):
+        clock = FakeClock(day + half_hours * timedelta(minutes=30))
+        now = clock.now()
+        with crm_desk(backend, tmp_path_factory.mktemp("dst"), clock, crm_timezone=zone) as desk:
+            ann = desk.add_operator("Ann").id
+            client = desk.add_client("c", responsible_id=ann)
+            dues = [
+                end_of_today(now, zone, days=days) + timedelta(microseconds=micros)
+                for days in (-1, 0, 1, 2)
+                for micros in (-1, 0, 1)
+            ]
+            for due in dues:
+                jivocore_tasks.create_task(desk, client.id, ann, "task", due)
+            today = sorted(due for due in dues if due < end_of_today(now, zone))
+            listing = jivocore_tasks.find_tasks(desk, ann, due="today")
+            assert [t.due for t in listing.items] == today
+            assert [t.due for t in jivocore_crm.today(desk, ann).tasks] == today
 
     check()
