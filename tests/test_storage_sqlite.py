@@ -66,3 +66,34 @@ def test_a_threads_connections_close_when_the_thread_ends(tmp_path: Path) -> Non
         settled = open_files_after(20)  # SQLite keeps a few closed handles for reuse
         assert open_files_after(40) < settled + 40  # it was 4 more a thread: 160
         assert len(desk.operators()) == 60
+
+
+def test_close_waits_for_the_transactions_other_threads_have_open(tmp_path: Path) -> None:
+    # Closing a connection another thread is reading from crashed the process (a segfault
+    # when a desk shut down while the web app's worker was still delivering).
+    import threading
+
+    from jivocore import HelpDesk, Operator
+
+    desk = HelpDesk.open(str(tmp_path / "desk.db"))
+    desk.add_operator("Ann")
+    inside, finish = threading.Event(), threading.Event()
+    read: list[str] = []
+
+    def reader() -> None:
+        with desk.reading() as tx:
+            inside.set()
+            finish.wait(5)
+            read.extend(o.name for o in tx.select(Operator))
+
+    worker = threading.Thread(target=reader)
+    worker.start()
+    inside.wait(5)
+    closer = threading.Thread(target=desk.storage.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # waiting for the reader
+    finish.set()
+    worker.join(5)
+    closer.join(5)
+    assert read == ["Ann"] and not closer.is_alive()

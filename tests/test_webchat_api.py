@@ -69,6 +69,32 @@ def test_login_wrong_password_is_401_with_a_json_body(site: Desk) -> None:
     assert stored.presence == "online"  # the successful login put Ann online
 
 
+def test_wrong_passwords_for_a_login_are_throttled_with_429_and_retry_after(
+    tmp_path: Any,
+) -> None:
+    import time
+
+    web = WebChat()
+    desk = HelpDesk.open(str(tmp_path / "desk.db"), plugins=[web])
+    for name in ("ann", "bob"):
+        add_login(desk, desk.add_operator(name.title()).id, name, f"{name}-password")
+    settings = {"webchat_login_failures": 3, "webchat_login_every": 0.5}
+    with running(make_app(desk, web, settings=settings)) as base:
+
+        def log_in(login: str, password: str) -> httpx.Response:
+            return httpx.post(base + "/api/login", json={"login": login, "password": password})
+
+        assert [log_in("ann", "guess").status_code for _ in range(3)] == [401] * 3
+        r = log_in("ANN ", "ann-password")  # the same login name, even with the password
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        assert r.json()["error"] == "TooManyAttempts"
+        assert log_in("bob", "bob-password").status_code == 200  # other names are not slowed
+        time.sleep(0.6)
+        assert log_in("ann", "ann-password").status_code == 200
+        assert log_in("ann", "ann-password").status_code == 200  # success spends nothing
+    desk.shutdown()
+
+
 def test_password_is_stored_hashed(site: Desk) -> None:
     from jivocore_webchat import WebLogin
 

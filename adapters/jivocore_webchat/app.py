@@ -72,7 +72,15 @@ DEFAULTS: Mapping[str, Any] = {
     "webchat_rate_per_second": 1.0,  # and then this many a second
     "webchat_tick": 0.2,  # seconds between outbox passes
     "webchat_max_upload_bytes": 200 * 1024 * 1024,  # a CSV file to import
+    "webchat_login_failures": 5,  # wrong passwords for one login name at once
+    "webchat_login_every": 30.0,  # and then one every this many seconds
 }
+
+
+class TooManyAttempts(JivoError):
+    """Too many wrong passwords for this login name: `retry_after` seconds to wait."""
+
+    http_status = 429
 
 
 class Unavailable(ConfigurationError):
@@ -128,6 +136,12 @@ class RateLimit:
     ) -> None:
         self.burst, self.rate, self.clock = burst, rate, clock
         self.buckets: dict[str, tuple[float, float]] = {}
+
+    def wait(self, key: str) -> float:
+        """Seconds until `take` would let the key through (0: now); takes nothing."""
+        tokens, then = self.buckets.get(key, (float(self.burst), self.clock()))
+        tokens = min(float(self.burst), tokens + (self.clock() - then) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
     def take(self, key: str) -> float:
         """0 if the visitor may send now (and counts it), else seconds to wait."""
@@ -204,6 +218,11 @@ class AppState:
         self.limit = RateLimit(
             int(self.settings["webchat_rate_burst"]),
             float(self.settings["webchat_rate_per_second"]),
+        )
+        # Wrong passwords spend a login name's tokens: guessing is slowed, logging in is not.
+        self.logins = RateLimit(
+            int(self.settings["webchat_login_failures"]),
+            1 / float(self.settings["webchat_login_every"]),
         )
         self.max_bytes = int(self.settings["webchat_max_message_bytes"])
         self.max_upload = int(self.settings["webchat_max_upload_bytes"])
@@ -289,7 +308,19 @@ def _text(call: Call, name: str = "text") -> str:
 
 
 def login(call: Call) -> Any:
-    token, saved = auth.log_in(call.desk, call.body["login"], call.body["password"])
+    name = call.body["login"].strip().lower()
+    wait = call.state.logins.wait(name)
+    if wait:
+        seconds = math.ceil(wait)
+        raise TooManyAttempts(
+            f"too many wrong passwords for {name!r}; try again in {seconds} s",
+            retry_after=seconds,
+        )
+    try:
+        token, saved = auth.log_in(call.desk, call.body["login"], call.body["password"])
+    except Unauthorized:
+        call.state.logins.take(name)
+        raise
     operator = call.desk.set_presence(saved.operator_id, "online")
     return {"token": token, "operator": _json(call.desk, operator)}
 
@@ -1049,9 +1080,9 @@ def openapi(endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
                 },
             },
         }
-        if e.rate_limited:
+        if e.rate_limited or e.handler is login:
             op["responses"]["429"] = {
-                "description": "Too many messages: wait Retry-After seconds",
+                "description": "Too many messages (or wrong passwords): wait Retry-After seconds",
                 "headers": {"Retry-After": {"required": True, "schema": INTEGER}},
                 "content": {"application/json": {"schema": error_ref}},
             }
@@ -1570,7 +1601,8 @@ def make_app(
         if status == 500:
             log.exception("unexpected error", exc_info=exc)
             return error(500, "InternalError", "something went wrong on the server")
-        return error(status, type(exc).__name__, str(exc))
+        wait = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts) else {}
+        return error(status, type(exc).__name__, str(exc), **wait)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -951,6 +951,8 @@ class SQLiteStorage:
         # which sleeps (1, 2, 5 ... 100 ms) and may leave the file free while all of them wait:
         # with 20 threads writing, p99 234 ms instead of ~the queue's (bench/README.md, webchat).
         self._writer = threading.Lock()
+        self._in_flight = 0  # transactions open in any thread: close() waits for them
+        self._idle = threading.Condition()
         # Held weakly: a thread's connections live in its thread-local and close when it ends.
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._tables = _Tables(())
@@ -1082,44 +1084,56 @@ class SQLiteStorage:
                 finally:
                     self._local.depth = depth
                 return
-            conn = self._connect(write=write)
-            toggle = self.memory and not write  # memory has one connection for both
-            queued = write and not self.memory
-            if queued and not self._writer.acquire(timeout=30):
-                raise StorageError("the database stayed busy for 30 s", retriable=True)
+            with self._idle:
+                self._in_flight += 1
             try:
-                if toggle:
-                    conn.execute("PRAGMA query_only = ON")
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            except sqlite3.Error as exc:
-                if queued:
-                    self._writer.release()
-                raise _translate(exc, "cannot begin a transaction") from exc
-            self._local.active, self._local.depth = conn, 1
-            try:
-                yield SQLiteTransaction(conn, self._tables, self._converter)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
+                conn = self._connect(write=write)
+                toggle = self.memory and not write  # memory has one connection for both
+                queued = write and not self.memory
+                if queued and not self._writer.acquire(timeout=30):
+                    raise StorageError("the database stayed busy for 30 s", retriable=True)
                 try:
-                    conn.execute("COMMIT")
+                    if toggle:
+                        conn.execute("PRAGMA query_only = ON")
+                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 except sqlite3.Error as exc:
+                    if queued:
+                        self._writer.release()
+                    raise _translate(exc, "cannot begin a transaction") from exc
+                self._local.active, self._local.depth = conn, 1
+                try:
+                    yield SQLiteTransaction(conn, self._tables, self._converter)
+                except BaseException:
                     conn.execute("ROLLBACK")
-                    raise _translate(exc, "cannot commit") from exc
+                    raise
+                else:
+                    try:
+                        conn.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        conn.execute("ROLLBACK")
+                        raise _translate(exc, "cannot commit") from exc
+                finally:
+                    self._local.active, self._local.depth = None, 0
+                    if queued:
+                        self._writer.release()
+                    if toggle:
+                        conn.execute("PRAGMA query_only = OFF")
             finally:
-                self._local.active, self._local.depth = None, 0
-                if queued:
-                    self._writer.release()
-                if toggle:
-                    conn.execute("PRAGMA query_only = OFF")
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
 
     def close(self) -> None:
-        for conn in list(self._connections):
-            conn.close()
-        self._connections.clear()
-        self._shared = None
-        self._local = threading.local()
+        """Close every connection, once the transactions other threads have open are over
+        (closing a connection another thread is using crashes the process)."""
+        mine = 1 if getattr(self._local, "active", None) is not None else 0
+        with self._idle:  # held while closing: no transaction starts meanwhile
+            self._idle.wait_for(lambda: self._in_flight <= mine, timeout=30)
+            for conn in list(self._connections):
+                conn.close()
+            self._connections.clear()
+            self._shared = None
+            self._local = threading.local()
 
 
 def _literal_where(etype: EntityType, converter: cattrs.Converter, where: Mapping[str, Any]) -> str:
