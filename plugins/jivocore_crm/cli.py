@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from jivocore import HelpDesk
@@ -19,15 +23,45 @@ def echo_listing(listing: object, rows: list[str]) -> None:
     )
 
 
+_FILTER_OPTIONS = (
+    click.option("--responsible", "responsible_id", help="The responsible operator's id."),
+    click.option("--status", "statuses", multiple=True, help="Any of these statuses (repeat)."),
+    click.option("--tag", "tags", multiple=True, help="Carrying any of these tags (repeat)."),
+    click.option("--all-tags", is_flag=True, help="Carrying every --tag, not any."),
+    click.option("--open-deals", is_flag=True, help="With at least one open deal."),
+    click.option("--tasks-due", is_flag=True, help="With a task due today or overdue."),
+    click.option("--text", default="", help="Words in the name, an email or a phone."),
+)
+
+
+_FILTER_FIELDS = (
+    "responsible_id",
+    "statuses",
+    "tags",
+    "all_tags",
+    "open_deals",
+    "tasks_due",
+    "text",
+)
+
+
+def client_filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The client filter's options (`--responsible`, `--status`, `--tag`, ...), handed to the
+    command as one `filter: ClientFilter`: every command that lists clients filters alike."""
+
+    @functools.wraps(command)
+    def with_filter(*args: Any, **kwargs: Any) -> Any:
+        filter = ClientFilter(**{name: kwargs.pop(name) for name in _FILTER_FIELDS})
+        return command(*args, filter=filter, **kwargs)
+
+    for option in reversed(_FILTER_OPTIONS):  # listed in --help in this order
+        with_filter = option(with_filter)
+    return with_filter
+
+
 @click.command("clients")
 @click.option("--operator", "operator_id", required=True, help="Whose view: who may see what.")
-@click.option("--responsible", "responsible_id", help="The responsible operator's id.")
-@click.option("--status", "statuses", multiple=True, help="Any of these statuses (repeat).")
-@click.option("--tag", "tags", multiple=True, help="Carrying any of these tags (repeat).")
-@click.option("--all-tags", is_flag=True, help="Carrying every --tag, not any.")
-@click.option("--open-deals", is_flag=True, help="With at least one open deal.")
-@click.option("--tasks-due", is_flag=True, help="With a task due today or overdue.")
-@click.option("--text", default="", help="Words in the name, an email or a phone.")
+@client_filter_options
 @click.option("--order", default="-created", show_default=True, help="Fields, comma-separated.")
 @click.option("--after", help="The cursor a previous page printed.")
 @click.option("--limit", default=50, show_default=True)
@@ -35,13 +69,7 @@ def echo_listing(listing: object, rows: list[str]) -> None:
 def clients_command(
     desk: HelpDesk,
     operator_id: str,
-    responsible_id: str | None,
-    statuses: tuple[str, ...],
-    tags: tuple[str, ...],
-    all_tags: bool,
-    open_deals: bool,
-    tasks_due: bool,
-    text: str,
+    filter: ClientFilter,
     order: str,
     after: str | None,
     limit: int,
@@ -50,15 +78,7 @@ def clients_command(
     listing = find_clients(
         desk,
         operator_id,
-        ClientFilter(
-            responsible_id=responsible_id,
-            statuses=statuses,
-            tags=tags,
-            all_tags=all_tags,
-            open_deals=open_deals,
-            tasks_due=tasks_due,
-            text=text,
-        ),
+        filter,
         order=tuple(order.split(",")),
         after=after,
         limit=limit,

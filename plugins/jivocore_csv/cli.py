@@ -9,6 +9,7 @@ import click
 from jivocore import HelpDesk
 from jivocore.cli import pass_desk
 from jivocore_crm import ClientFilter
+from jivocore_crm.cli import client_filter_options
 
 from .exporting import ENCODINGS, export_clients
 from .importing import DUPLICATE_POLICIES, MATCH_KEYS, RowError, import_clients
@@ -105,13 +106,7 @@ def import_command(
 @click.command("export-clients")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--operator", "operator_id", required=True, help="Whose view: who may see what.")
-@click.option("--responsible", "responsible_id", help="The responsible operator's id.")
-@click.option("--status", "statuses", multiple=True, help="Any of these statuses (repeat).")
-@click.option("--tag", "tags", multiple=True, help="Carrying any of these tags (repeat).")
-@click.option("--all-tags", is_flag=True, help="Carrying every --tag, not any.")
-@click.option("--open-deals", is_flag=True, help="With at least one open deal.")
-@click.option("--tasks-due", is_flag=True, help="With a task due today or overdue.")
-@click.option("--text", default="", help="Words in the name, an email or a phone.")
+@client_filter_options
 @click.option("--delimiter", default=",", show_default=True, help=", ; tab | ...")
 @click.option(
     "--encoding",
@@ -125,27 +120,12 @@ def export_command(
     desk: HelpDesk,
     path: str,
     operator_id: str,
-    responsible_id: str | None,
-    statuses: tuple[str, ...],
-    tags: tuple[str, ...],
-    all_tags: bool,
-    open_deals: bool,
-    tasks_due: bool,
-    text: str,
+    filter: ClientFilter,
     delimiter: str,
     encoding: str,
 ) -> None:
     """Export the clients an operator may see, filtered as `jivocore clients` filters, to CSV
     (PATH, or - for standard output)."""
-    filter = ClientFilter(
-        responsible_id=responsible_id,
-        statuses=statuses,
-        tags=tags,
-        all_tags=all_tags,
-        open_deals=open_deals,
-        tasks_due=tasks_due,
-        text=text,
-    )
     out = sys.stdout.buffer if path == "-" else path
     count = export_clients(
         desk, out, operator_id, filter, delimiter=_delimiter(delimiter) or ",", encoding=encoding
