@@ -65,18 +65,8 @@ DUPLICATE_POLICIES = ("merge", "report")
 
 # The fields a column can hold, and the headers that name them (accents, case and punctuation
 # are ignored: "E-mail", "Teléfono", "Responsável" match).
-FIELDS = (
-    "jivocore_id",
-    "external_id",
-    "name",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "status",
-    "responsible",
-    "ignore",
-)
+IDENTIFYING = ("jivocore_id", "external_id", "name", "first_name", "last_name", "email", "phone")
+FIELDS = (*IDENTIFYING, "status", "responsible", "ignore")
 ALIASES: Mapping[str, tuple[str, ...]] = {
     "jivocore_id": ("jivocore id",),
     "external_id": (
@@ -303,16 +293,7 @@ def map_columns(
         raise CsvRefused(
             f"the mapping names columns the file does not have: {', '.join(sorted(unknown))}"
         )
-    identifying = {
-        "jivocore_id",
-        "external_id",
-        "name",
-        "first_name",
-        "last_name",
-        "email",
-        "phone",
-    }
-    if not any(c.field in identifying for c in columns):
+    if not any(c.field in IDENTIFYING for c in columns):
         raise CsvRefused(
             "no recognisable column: none of the headers "
             f"({', '.join(repr(read_cell(h)) for h in header)}) names a client's name, email, "
