@@ -300,14 +300,16 @@ class EntityType:
 
 
 # How a decoder reads a column: an expression over `v`, the column's value, and the names it
-# uses. The JSON columns hold text the encoder wrote (no surrounding space), so the scanner's
-# `raw_decode` reads them without the checks `json.loads` adds (a quarter of the time).
+# uses. The JSON columns hold text the encoder wrote (no surrounding space), so the decoder's
+# scanner reads them (`read_json(v, 0)`: value, end) without the checks `json.loads` adds (a
+# quarter of the time) or the Python frame `raw_decode` puts around the scanner.
 _Reader = tuple[str, dict[str, Any]]
 _READ_NAMES: dict[str, Any] = {
-    "read_json": json.JSONDecoder().raw_decode,
+    "read_json": json.JSONDecoder().scan_once,  # type: ignore[attr-defined]  # (not in typeshed)
     "empty_set": frozenset(),
     "fromisoformat": datetime.fromisoformat,
     "parse_time": parse_time,
+    "UTC": UTC,
 }
 
 
@@ -326,11 +328,11 @@ def _reader(converter: cattrs.Converter, tp: Any, column: Column, key: str) -> _
         return ("v" if inner == "v" else f"None if v is None else {inner}"), names
     if column is Column.JSON:
         if origin is frozenset and args == (str,):
-            return 'empty_set if v == "[]" else frozenset(read_json(v)[0])', {}
+            return 'empty_set if v == "[]" else frozenset(read_json(v, 0)[0])', {}
         if origin is tuple and args == (str, ...):
-            return '() if v == "[]" else tuple(read_json(v)[0])', {}
+            return '() if v == "[]" else tuple(read_json(v, 0)[0])', {}
         if origin is dict and args in ((str, str), (str, Any)):
-            return '{} if v == "{}" else read_json(v)[0]', {}
+            return '{} if v == "{}" else read_json(v, 0)[0]', {}
         hooked, names = _hooked(converter, tp, column, key)
         if origin in (tuple, frozenset):
             return f'{key}_empty if v == "[]" else {hooked}', {**names, f"{key}_empty": origin()}
@@ -340,16 +342,16 @@ def _reader(converter: cattrs.Converter, tp: Any, column: Column, key: str) -> _
     if tp in (bool, float):
         return f"{tp.__name__}(v)", {}
     if tp is datetime:
-        # The encoder's fixed-width UTC text; anything else goes through parse_time, which
-        # refuses a time without a zone.
-        return 'fromisoformat(v) if v[-6:] == "+00:00" else parse_time(v)', {}
+        # parse_time inlined for the encoder's UTC text (read with the `timezone.utc` singleton,
+        # which parse_time would return as it is); any other zone, or none, goes through it.
+        return "t if (t := fromisoformat(v)).tzinfo is UTC else parse_time(v)", {}
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return f"{key}_members[v]", {f"{key}_members": tp._value2member_map_}
     return _hooked(converter, tp, column, key)
 
 
 def _hooked(converter: cattrs.Converter, tp: Any, column: Column, key: str) -> _Reader:
-    value = "read_json(v)[0]" if column is Column.JSON else "v"
+    value = "read_json(v, 0)[0]" if column is Column.JSON else "v"
     names = {f"{key}_hook": converter.get_structure_hook(tp), f"{key}_type": tp}
     return f"{key}_hook({value}, {key}_type)", names
 
@@ -373,17 +375,28 @@ def _make_decoder(
     plain = not any(
         hasattr(cls, hook) for hook in ("__attrs_pre_init__", "__attrs_post_init__")
     ) and all(field.converter is None for field in fields)
-    # A bound __setattr__, as attrs' own __init__ uses: a third of the cost of setattr(e, ...).
-    body = ["entity = new(cls)", "set = bind_setattr(entity)"] if plain else []
+    # A field in a slot is set through the slot's descriptor (what object.__setattr__ would look
+    # up, then call); any other by a bound __setattr__, as attrs' own __init__ does (a third of
+    # the cost of setattr(e, ...)).
+    slots = [_slot(cls, field.name) for field in fields]
+    body = ["entity = new(cls)"] if plain else []
+    if plain and None in slots:
+        body.append("set = bind_setattr(entity)")
     arguments = []
     for n, field in enumerate(fields):
         expression, used = _reader(converter, hints[field.name], etype.columns[field.name], f"f{n}")
         names.update(used)
-        body.append(f"v = row[{n if by_position else repr(field.name)}]")
-        if plain:
-            body.append(f"set({field.name!r}, {expression})")
+        value = f"row[{n if by_position else repr(field.name)}]"
+        if expression != "v":  # it reads `v`, maybe more than once
+            body.append(f"v = {value}")
+            value = expression
+        if plain and slots[n] is not None:
+            names[f"set_f{n}"] = slots[n].__set__
+            body.append(f"set_f{n}(entity, {value})")
+        elif plain:
+            body.append(f"set({field.name!r}, {value})")
         else:
-            body.append(f"f{n} = {expression}")
+            body.append(f"f{n} = {value}")
             if field.init:
                 arguments.append(f"{field.alias}=f{n}")
     body.append("return entity" if plain else f"return cls({', '.join(arguments)})")
@@ -399,6 +412,15 @@ def _make_decoder(
     )
     exec(compile(source, f"<jivocore decoder for {etype.name}>", "exec"), names)
     return names["decode"]  # type: ignore[no-any-return]
+
+
+def _slot(cls: type[Any], name: str) -> Any:
+    """The slot descriptor that holds `name` on `cls`'s instances, or None (not a slot)."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            found = vars(klass)[name]
+            return found if isinstance(found, types.MemberDescriptorType) else None
+    return None
 
 
 def parse_order(etype: EntityType, order: Sequence[str]) -> list[tuple[str, bool]]:
@@ -544,7 +566,8 @@ class Document:
         """The keys ``[low, high)`` of the documents dated within `at` (a `Range` of datetimes;
         None: every key): a backend walks only these keys (`document_key`), so a period costs
         what its own documents cost."""
-        at = at or Range()
+        if at is None:
+            return -_KEYS, _KEYS
 
         def first_key(instant: Any, later: int) -> int:  # the first key at or after it
             if not isinstance(instant, datetime) or instant.tzinfo is None:
@@ -644,7 +667,8 @@ class DocumentSearch(Protocol):
 def make_document_cursor(by: str, score: float, key: int) -> str:
     """The cursor that resumes a `search_documents` listing after the item with this score (0
     in date order) and document key."""
-    return base64.urlsafe_b64encode(json.dumps([by, score, key]).encode()).decode()
+    # The text json.dumps([by, score, key]) writes (`by` is a plain name), without its encoder.
+    return base64.urlsafe_b64encode(f'["{by}", {float(score)!r}, {int(key)}]'.encode()).decode()
 
 
 def read_document_cursor(after: str | None, by: str) -> tuple[float, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -974,50 +975,75 @@ class SQLiteTransaction:
         if not words:
             return Page((), None)
         match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-        table, fts = f"[{etype.name}]", f"[{etype.name}__documents_fts]"
-        # CROSS JOIN fixes the join order: the FTS index drives, newest key first, from the top
-        # of the date range down to its bottom (FTS5 seeks to the rowid bounds; a bound on an
-        # entity column would be tested on every match walked instead).
-        hits = (
-            f"FROM {fts} CROSS JOIN [{etype.name}__documents] AS d ON d.key = {fts}.rowid "
-            f"CROSS JOIN {table} ON {table}.id = d.entity_id WHERE {fts} MATCH ? "
-            f"AND {fts}.rowid >= ? AND {fts}.rowid < ?" + "".join(f" AND {c}" for c in clauses)
+        resume = () if cursor is None or by == "date" else (cursor[0], cursor[0], cursor[1])
+        params = [match, low, high, *params, *resume]
+        sql = _search_sql(
+            etype.name,
+            self.tables.columns[etype.name],
+            tuple(clauses),
+            by,
+            limit,
+            window,
+            bool(resume),
         )
-        params = [match, low, high, *params]
-        columns = self.tables.columns[etype.name]  # then the key and score
-        if by == "date":
-            sql = (
-                f"SELECT {columns}, {fts}.rowid AS _key, 0.0 AS _score {hits} "
-                f"ORDER BY {fts}.rowid DESC LIMIT {int(limit) + 1}"
-            )
-        else:
-            # Rank only the newest `window` matches: bm25 over every match of a common word
-            # would read its whole posting list.
-            sql = (
-                f"WITH hits AS (SELECT {table}.rowid AS _row, {fts}.rowid AS _key, "
-                f"bm25({fts}) AS _score {hits} ORDER BY {fts}.rowid DESC LIMIT {int(window)}) "
-                f"SELECT {columns}, hits._key, hits._score FROM hits "
-                f"CROSS JOIN {table} ON {table}.rowid = hits._row"
-            )
-            if cursor is not None:
-                sql += " WHERE (hits._score > ? OR (hits._score = ? AND hits._key < ?))"
-                params += [cursor[0], cursor[0], cursor[1]]
-            sql += f" ORDER BY hits._score, hits._key DESC LIMIT {int(limit) + 1}"
         try:
-            rows = self.conn.execute(sql, params).fetchall()
+            # Rows are read by position: plain tuples, not the connection's sqlite3.Row.
+            found = self.conn.cursor()
+            found.row_factory = None
+            rows = found.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             # Asked only when the search fails: a lookup per search costs a tenth of it.
             if not self._documents(etype, create=False):
                 return Page((), None)  # nothing indexed yet
             raise _translate(exc, f"cannot search {etype.name}") from exc
-        items = []
-        last: tuple[float, int] = (0.0, 0)
         decode = etype.decoder(self.converter, by_position=True)
-        for row in rows[:limit]:
-            items.append(decode(row))
-            last = (float(row[-1]), int(row[-2]))
-        more = len(rows) > limit
-        return Page(tuple(items), make_document_cursor(by, *last) if more else None)
+        items = tuple(map(decode, rows[:limit]))
+        if len(rows) <= limit:
+            return Page(items, None)
+        last = rows[limit - 1]  # then its key and score
+        return Page(items, make_document_cursor(by, float(last[-1]), int(last[-2])))
+
+
+@functools.lru_cache(maxsize=256)
+def _search_sql(
+    name: str,
+    columns: str,
+    clauses: tuple[str, ...],
+    by: str,
+    limit: int,
+    window: int,
+    resume: bool,
+) -> str:
+    """`search_documents`' SQL for a type, filter shape and order, made once: a search is
+    quick enough that writing it out again would be a tenth of its time. Parameters: the
+    MATCH text, the key range, the filter's values, and with `resume` the score and key to
+    resume a relevance listing after."""
+    table, fts = f"[{name}]", f"[{name}__documents_fts]"
+    # CROSS JOIN fixes the join order: the FTS index drives, newest key first, from the top
+    # of the date range down to its bottom (FTS5 seeks to the rowid bounds; a bound on an
+    # entity column would be tested on every match walked instead).
+    hits = (
+        f"FROM {fts} CROSS JOIN [{name}__documents] AS d ON d.key = {fts}.rowid "
+        f"CROSS JOIN {table} ON {table}.id = d.entity_id WHERE {fts} MATCH ? "
+        f"AND {fts}.rowid >= ? AND {fts}.rowid < ?" + "".join(f" AND {c}" for c in clauses)
+    )
+    # The entity's columns, then the key and score.
+    if by == "date":
+        return (
+            f"SELECT {columns}, {fts}.rowid AS _key, 0.0 AS _score {hits} "
+            f"ORDER BY {fts}.rowid DESC LIMIT {int(limit) + 1}"
+        )
+    # Rank only the newest `window` matches: bm25 over every match of a common word would
+    # read its whole posting list.
+    sql = (
+        f"WITH hits AS (SELECT {table}.rowid AS _row, {fts}.rowid AS _key, "
+        f"bm25({fts}) AS _score {hits} ORDER BY {fts}.rowid DESC LIMIT {int(window)}) "
+        f"SELECT {columns}, hits._key, hits._score FROM hits "
+        f"CROSS JOIN {table} ON {table}.rowid = hits._row"
+    )
+    if resume:
+        sql += " WHERE (hits._score > ? OR (hits._score = ? AND hits._key < ?))"
+    return sql + f" ORDER BY hits._score, hits._key DESC LIMIT {int(limit) + 1}"
 
 
 def _value_index(etype: EntityType, field: str) -> str:
