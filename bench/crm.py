@@ -570,6 +570,7 @@ class Hand:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute(f"PRAGMA mmap_size = {2**30}")  # as the engine's connections read
         self.columns = [d[0] for d in self.conn.execute("SELECT * FROM clients").description]
         self.cap = cap  # counts stop here, as crm_count_limit
         rows = self.conn.execute("SELECT max(rowid) FROM clients").fetchone()[0]

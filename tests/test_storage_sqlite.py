@@ -97,3 +97,19 @@ def test_close_waits_for_the_transactions_other_threads_have_open(tmp_path: Path
     worker.join(5)
     closer.join(5)
     assert read == ["Ann"] and not closer.is_alive()
+
+
+def test_the_file_is_read_through_memory_mapping_as_set(tmp_path: Path) -> None:
+    from jivocore import HelpDesk, ValidationError
+
+    def mapped(settings: dict[str, Any]) -> int:
+        with HelpDesk.open(str(tmp_path / "desk.db"), settings=settings) as desk:
+            desk.add_operator(f"op{len(settings)}")
+            with desk.reading() as tx:
+                return int(tx.conn.execute("PRAGMA mmap_size").fetchone()[0])
+
+    assert mapped({}) == 2**30
+    assert mapped({"sqlite_mmap_size": "0"}) == 0  # as an environment variable gives it
+    for wrong in (-1, "a lot", 1.5, True):
+        with pytest.raises(ValidationError, match="mmap_size is a number of bytes"):
+            SQLiteStorage(str(tmp_path / "other.db"), mmap_size=wrong)  # type: ignore[arg-type]
