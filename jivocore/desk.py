@@ -432,7 +432,7 @@ class HelpDesk:
             client = work.tx.get(Client, saved.client_id)
             edited = attrs.evolve(client, involved=client.involved | saved.involved)
             if command == "accept" and client.responsible_id is None:
-                edited = attrs.evolve(edited, responsible_id=actor.id, responsible_at=work.now)
+                edited = edited.given_to(actor.id, work.now)
                 work.record(
                     "responsible_set",
                     actor_id=actor.id,
@@ -770,20 +770,16 @@ class HelpDesk:
         def change(work: Work) -> Client:
             if responsible_id is not None:
                 work.operator(responsible_id)
-            client = work.tx.add(
-                Client(
-                    id=new_id(work.now),
-                    name=name,
-                    emails=tuple(emails),
-                    phones=tuple(phones),
-                    status=status,
-                    custom=dict(custom or {}),
-                    responsible_id=responsible_id,
-                    responsible_at=work.now if responsible_id else None,
-                    involved=frozenset({responsible_id} if responsible_id else ()),
-                    created=work.now,
-                )
+            client = Client(
+                id=new_id(work.now),
+                name=name,
+                emails=tuple(emails),
+                phones=tuple(phones),
+                status=status,
+                custom=dict(custom or {}),
+                created=work.now,
             )
+            client = work.tx.add(client.given_to(responsible_id or None, work.now))
             work.record("client_added", client_id=client.id)
             if responsible_id:
                 work.record("responsible_set", client_id=client.id, responsible_id=responsible_id)
@@ -801,8 +797,7 @@ class HelpDesk:
                 edited = attrs.evolve(client, involved=client.involved | {client.responsible_id})
             stored = work.tx.get(Client, client.id)
             if client.responsible_id != stored.responsible_id:  # since when: for `today`
-                at = work.now if client.responsible_id is not None else None
-                edited = attrs.evolve(edited, responsible_at=at)
+                edited = edited.given_to(client.responsible_id, work.now)
                 if client.responsible_id is not None:
                     work.record(
                         "responsible_set", client_id=client.id, responsible_id=client.responsible_id

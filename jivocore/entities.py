@@ -107,6 +107,20 @@ class Client:
     def blocked(self, now: datetime) -> bool:
         return self.block is not None and self.block.active(now)
 
+    def given_to(self, operator_id: str | None, now: datetime) -> Client:
+        """The client with `operator_id` responsible for it from `now` (None: nobody), who is
+        then involved with it, as a responsible operator always is. Every way a client gets a
+        responsible operator (a first accept, an edit, an import) goes through here, so
+        `responsible_at` always says since when."""
+        if operator_id is None:
+            return attrs.evolve(self, responsible_id=None, responsible_at=None)
+        return attrs.evolve(
+            self,
+            responsible_id=operator_id,
+            responsible_at=now,
+            involved=self.involved | {operator_id},
+        )
+
 
 @attrs.frozen(kw_only=True)
 class ClientIdentity:

@@ -200,19 +200,18 @@ def edit_client(
                 else:
                     fields[str(key)] = str(value)
             edits["custom"] = fields
+        edited = attrs.evolve(client, **edits)
         if responsible_id is not _UNSET and responsible_id != client.responsible_id:
             edits["responsible_id"] = responsible_id
-            edits["responsible_at"] = None if responsible_id is None else work.now
+            edited = edited.given_to(responsible_id, work.now)
             if responsible_id is not None:
                 work.operator(responsible_id)
-                edits["involved"] = client.involved | {responsible_id}
                 work.record(
                     "responsible_set",
                     actor_id=operator_id,
                     client_id=client_id,
                     responsible_id=responsible_id,
                 )
-        edited = attrs.evolve(client, **edits)
         if edited == client:
             return client
         saved = work.tx.update(edited)

@@ -622,18 +622,17 @@ def _apply(client: Client, values: Mapping[str, Any], now: datetime) -> Client:
         edits["phones"] = phones
     if values["status"] is not None:
         edits["status"] = values["status"]
-    responsible = values["responsible_id"]
-    if responsible is not None and responsible != client.responsible_id:
-        edits["responsible_id"] = responsible
-        edits["responsible_at"] = now
-        edits["involved"] = client.involved | {responsible}
     if values["tags"] and not values["tags"] <= client.tags:
         edits["tags"] = client.tags | frozenset(values["tags"])
     if values["custom"]:
         custom = {**client.custom, **values["custom"]}
         if custom != client.custom:
             edits["custom"] = custom
-    return attrs.evolve(client, **edits) if edits else client
+    edited = attrs.evolve(client, **edits) if edits else client
+    responsible = values["responsible_id"]
+    if responsible is not None and responsible != client.responsible_id:
+        edited = edited.given_to(responsible, now)
+    return edited
 
 
 # --- one batch --------------------------------------------------------------------------------
