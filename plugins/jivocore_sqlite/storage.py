@@ -409,9 +409,9 @@ class SQLiteTransaction:
         then the order's fields, in one direction. When the filter tests more than those
         equalities, walking pays off only if matches are dense: it reads ~limit * N / m
         entries for m matches among N rows, where finding and sorting them reads m. So the
-        walk is tried on the next sqrt(N * limit) entries at most (~7,000 for pages of 50
-        among 1M rows, which costs a few ms), and the matches are sorted when it comes back
-        short: each way costs at most about that many rows.
+        walk is tried on the next sqrt(N * limit) entries (a reach: ~7,000 for pages of 50
+        among 1M rows, which costs a few ms), goes on while the matches it met say the page
+        ends within a few reaches, and otherwise the matches are found and sorted.
         """
         key = None if after is None else read_cursor(after, parsed)
         walk = self._walkable(etype, where, parsed)
@@ -440,11 +440,7 @@ class SQLiteTransaction:
         # what a walk that comes back short does, and counts them too.
         sets = [c for f, c in (where or {}).items() if f in etype.members]
         narrowed = sum(len(c.values) if isinstance(c, HasAll) else 1 for c in sets) > 1
-        if (
-            cap < reach
-            or (narrowed and lead is not None and lead[1] != "" and lead[0] < bound)
-            or self._rare(etype, where, reach)
-        ):
+        if cap < reach or (narrowed and counted) or self._rare(etype, where, reach):
             return self._sorted(etype, where, parsed, key, limit)
         rows, last = self._walk(etype, where, parsed, (index, equal), key, reach, limit)
         walked = reach
