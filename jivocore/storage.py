@@ -254,6 +254,11 @@ class EntityType:
         self.check_filterable(field)
         return None if value is None else converter.unstructure(value)
 
+    def check_searchable(self) -> None:
+        """ValidationError unless the type has searchable fields (`Transaction.search`)."""
+        if not self.searchable:
+            raise ValidationError(f"{self.name} has no searchable fields", entity=self.name)
+
     def check_filterable(self, field: str) -> None:
         """ValidationError unless filters can test `field`: a scalar, or a set in `members`."""
         if self.columns[field] is Column.JSON and field not in self.members:
@@ -607,6 +612,13 @@ def search_words(text: str) -> list[str]:
     """The words of a search: `text` split on whitespace. Each word is then tokenised as the
     documents are (docs/storage.md); every word must match."""
     return text.split()
+
+
+def check_page_size(*sizes: int) -> None:
+    """ValidationError unless each of a listing's sizes (its page; a search's window too) is
+    1 or more."""
+    if min(sizes) < 1:
+        raise ValidationError(f"a page holds at least one item, not {min(sizes)}")
 
 
 def check_document_order(by: str) -> None:

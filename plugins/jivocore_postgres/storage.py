@@ -46,6 +46,7 @@ from jivocore import (
     ValidationError,
     Where,
     check_document_order,
+    check_page_size,
     document_key,
     make_cursor,
     make_document_cursor,
@@ -424,8 +425,7 @@ class PostgresTransaction:
         after: str | None = None,
         limit: int = 50,
     ) -> Page[T]:
-        if limit < 1:
-            raise ValidationError(f"a page holds at least one item, not {limit}")
+        check_page_size(limit)
         etype, parsed, query, params = self._query(cls, where, order, after, limit + 1)
         rows = self._execute(query, params, what=f"cannot list {cls.__name__}").fetchall()
         items = [etype.decode(self.converter, row) for row in rows]
@@ -455,8 +455,7 @@ class PostgresTransaction:
         self, cls: type[T], text: str, where: Where | None = None, *, limit: int = 50
     ) -> list[T]:
         etype = self.tables.of(cls)
-        if not etype.searchable:
-            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
+        etype.check_searchable()
         tsquery = _tsquery(text)
         if tsquery is None:
             return []
@@ -485,10 +484,8 @@ class PostgresTransaction:
         limit: int = 50,
     ) -> tuple[Page[T], int]:
         etype = self.tables.of(cls)
-        if not etype.searchable:
-            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
-        if limit < 1 or window < 1:
-            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        etype.check_searchable()
+        check_page_size(limit, window)
         parse_order(etype, order)
         tsquery = _tsquery(text)
         if tsquery is None:
@@ -790,8 +787,7 @@ class PostgresTransaction:
     ) -> Page[T]:
         etype = self.tables.of(cls)
         check_document_order(by)
-        if limit < 1 or window < 1:
-            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        check_page_size(limit, window)
         clauses, params = self._where(etype, where)
         if at is not None:  # the documents of a period: a range of the key's btree
             clauses.append("d.key >= %s AND d.key < %s")

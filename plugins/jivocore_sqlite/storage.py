@@ -36,6 +36,7 @@ from jivocore import (
     ValidationError,
     Where,
     check_document_order,
+    check_page_size,
     document_key,
     make_cursor,
     make_document_cursor,
@@ -681,8 +682,7 @@ class SQLiteTransaction:
         after: str | None = None,
         limit: int = 50,
     ) -> Page[T]:
-        if limit < 1:
-            raise ValidationError(f"a page holds at least one item, not {limit}")
+        check_page_size(limit)
         etype = self.tables.of(cls)
         parsed = parse_order(etype, order)
         rows = self._rows(etype, where, parsed, after, limit + 1)
@@ -723,13 +723,11 @@ class SQLiteTransaction:
         self, cls: type[T], text: str, where: Where | None = None, *, limit: int = 50
     ) -> list[T]:
         etype = self.tables.of(cls)
-        if not etype.searchable:
-            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
-        words = text.split()
+        etype.check_searchable()
+        words = search_words(text)
         if not words:
             return []
-        # Each word quoted: user text never reaches FTS5's query syntax.
-        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        match = _fts_match(words)
         clauses, params = self._where(etype, where)
         sql = (
             f"SELECT {self.tables.columns[etype.name]} FROM [{etype.name}_fts] "
@@ -754,15 +752,13 @@ class SQLiteTransaction:
         limit: int = 50,
     ) -> tuple[Page[T], int]:
         etype = self.tables.of(cls)
-        if not etype.searchable:
-            raise ValidationError(f"{etype.name} has no searchable fields", entity=etype.name)
-        if limit < 1 or window < 1:
-            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        etype.check_searchable()
+        check_page_size(limit, window)
         parsed = parse_order(etype, order)
-        words = text.split()
+        words = search_words(text)
         if not words:
             return Page((), None), 0
-        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        match = _fts_match(words)
         table, fts = f"[{etype.name}]", f"[{etype.name}_fts]"
         # The full-text index drives: the filter's sets are probed per match.
         clauses, params = self._where(etype, where, probe=True)
@@ -1038,8 +1034,7 @@ class SQLiteTransaction:
     ) -> Page[T]:
         etype = self.tables.of(cls)
         check_document_order(by)
-        if limit < 1 or window < 1:
-            raise ValidationError(f"a page holds at least one item, not {min(limit, window)}")
+        check_page_size(limit, window)
         words = search_words(text)
         clauses, params = self._where(etype, where, probe=True)
         low, high = Document.key_range(at)
@@ -1048,7 +1043,7 @@ class SQLiteTransaction:
             high = min(high, cursor[1])
         if not words:
             return Page((), None)
-        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        match = _fts_match(words)
         resume = () if cursor is None or by == "date" else (cursor[0], cursor[0], cursor[1])
         params = [match, low, high, *params, *resume]
         sql = _search_sql(
@@ -1118,6 +1113,12 @@ def _search_sql(
     if resume:
         sql += " WHERE (hits._score > ? OR (hits._score = ? AND hits._key < ?))"
     return sql + f" ORDER BY hits._score, hits._key DESC LIMIT {int(limit) + 1}"
+
+
+def _fts_match(words: Sequence[str]) -> str:
+    """An FTS5 query for every one of `words`, each quoted: user text never reaches FTS5's
+    query syntax."""
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def _by_id(fields: Sequence[str]) -> tuple[str, ...]:
