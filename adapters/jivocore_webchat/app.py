@@ -81,6 +81,7 @@ class TooManyAttempts(JivoError):
     """Too many wrong passwords for this login name: `retry_after` seconds to wait."""
 
     http_status = 429
+    retry_after: int  # set from the details it is raised with
 
 
 class Unavailable(ConfigurationError):
@@ -375,8 +376,7 @@ def archive(call: Call) -> Any:
         outcome=q.get("outcome") or None,
         channel=q.get("channel") or None,
         tags=[q["tag"]] if q.get("tag") else (),
-        after=q.get("after") or None,
-        limit=int(q.get("limit") or 50),
+        **_paging(q),
     )
     items = []
     for conversation in page.items:
@@ -471,8 +471,7 @@ def clients(call: Call) -> Any:
         call.desk,
         call.me.id,
         _client_filter(q),
-        after=q.get("after") or None,
-        limit=int(q.get("limit") or 50),
+        **_paging(q),
     )
     items = [_json(call.desk, c) for c in listing.items]
     return _page(items, listing)
@@ -507,6 +506,11 @@ def statuses(call: Call) -> Any:
     return list(jivocore_crm.statuses(call.desk))
 
 
+def _paging(q: Mapping[str, Any]) -> dict[str, Any]:
+    """A listing's `after` (the previous page's `next`) and `limit` from the query string."""
+    return {"after": q.get("after") or None, "limit": int(q.get("limit") or 50)}
+
+
 def _page(items: list[Any], listing: Any) -> dict[str, Any]:
     """A CRM listing's page: `count` is a floor when `exact` is false (counting stopped)."""
     return {"items": items, "next": listing.next, "count": listing.count, "exact": listing.exact}
@@ -531,8 +535,7 @@ def deals(call: Call) -> Any:
         status=q.get("status") or None,
         stages=[q["stage"]] if q.get("stage") else (),
         responsible_id=q.get("responsible_id") or None,
-        after=q.get("after") or None,
-        limit=int(q.get("limit") or 50),
+        **_paging(q),
     )
     items = _with_client_names(call, listing.items)
     return _page(items, listing)
@@ -554,8 +557,7 @@ def tasks(call: Call) -> Any:
         assignee_id=q.get("assignee_id") or None,
         done=TASK_STATES[q.get("state") or "open"],
         due=q.get("due") or None,
-        after=q.get("after") or None,
-        limit=int(q.get("limit") or 50),
+        **_paging(q),
     )
     items = _with_client_names(call, listing.items)
     return _page(items, listing)
