@@ -731,6 +731,8 @@ class StorageContract:
         assert self.ids(storage, {"tags": HasAny([])}) == []
         assert self.ids(storage, {"tags": HasAll([])}) == ["a", "b", "c"]
         assert self.ids(storage, {"tags": HasAny(["red"]), "size": 3}) == ["c"]
+        # A bare Range() is no condition, beside a set condition too (found by Hypothesis).
+        assert self.ids(storage, {"tags": HasAny(["red"]), "size": Range()}) == ["b", "c"]
 
     def test_conditions_that_can_never_be_asked_are_refused(
         self, storage: Storage, some: list[Item]

@@ -611,8 +611,9 @@ class SQLiteTransaction:
         candidates: list[tuple[str, list[Any], str, Any]] = []  # sql, params, field, value
         if any(f in leading and not isinstance(c, Not) for f, c in columns.items()):
             clauses, params = self._where(etype, columns)
-            sql = f"SELECT 1 FROM [{etype.name}] WHERE {' AND '.join(clauses)}"
-            candidates.append((sql, params, "", None))
+            if clauses:  # none when they are all `Range()`, which is no condition
+                sql = f"SELECT 1 FROM [{etype.name}] WHERE {' AND '.join(clauses)}"
+                candidates.append((sql, params, "", None))
         for field in sets:
             cond = where[field]
             values = [etype.value(self.converter, field, v) for v in cond.values]
