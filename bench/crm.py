@@ -851,14 +851,38 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
             ),
         )
 
-    def tags_open_deals(rnd: random.Random) -> Query:
-        chosen = pick_tags(rnd, rnd.choice((1, 2)))
-        return listing(
-            boss,
-            crm.ClientFilter(tags=chosen, open_deals=True),
-            order_of(rnd),
-            tags_filter(chosen, "open_deals > 0"),
+    # The schema's partial index of the clients with open deals (`Index(("id",), where=...)`).
+    (with_deals,) = hand.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'clients' "
+        "AND sql LIKE '%WHERE [open_deals] > 0'"
+    ).fetchone()
+
+    def has_deals(client_id: str) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM clients AS p INDEXED BY [{with_deals}] "
+            f"WHERE p.id = {client_id} AND p.open_deals > 0)"
         )
+
+    def tags_open_deals(rnd: random.Random) -> Query:
+        """Tags and open deals, each looked up in its index: the tags' holders tested in the
+        partial index before any row is read, or each walked entry tested in both."""
+        chosen = pick_tags(rnd, rnd.choice((1, 2)))
+        holders = (
+            f"SELECT {'DISTINCT ' if len(chosen) > 1 else ''}h.entity_id FROM clients__tags h "
+            f"WHERE h.value IN ({marks(chosen)}) AND {has_deals('h.entity_id')}"
+        )
+        probe = (
+            "EXISTS (SELECT 1 FROM clients__tags s WHERE s.entity_id = clients.id AND "
+            f"s.value IN ({marks(chosen)}))"
+        )
+        sql = Filter(
+            f"id IN ({holders})",
+            f"{has_deals('clients.id')} AND {probe}",
+            holders,
+            chosen,
+            rare=(holders, chosen),
+        )
+        return listing(boss, crm.ClientFilter(tags=chosen, open_deals=True), order_of(rnd), sql)
 
     def own_clients(rnd: random.Random) -> Query:
         op = rnd.choice(world.operators)

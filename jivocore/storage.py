@@ -126,12 +126,37 @@ def _column_of(tp: Any) -> Column:
 
 
 @attrs.frozen
-class Unique:
-    """Fields unique together; with `where`, only among the rows that match it (equality or
-    `In` on scalar fields), e.g. one *open* conversation per client and channel."""
+class Index:
+    """Fields indexed together, for filtering and ordering; with `where`, only the rows that
+    match it (a partial index: equality, `In` or `Range` on scalar fields).
+
+    A partial index of the id alone is the set of the entities that meet its `where`, kept by
+    the database as they change: `Index(("id",), where={"open_deals": Range(gt=0)})`. A filter
+    holding the same conditions may test an entity by a lookup in it, as a set condition is
+    tested in its side table, instead of reading the entity's row (docs/storage.md)."""
 
     fields: tuple[str, ...] = attrs.field(converter=_tuple)
     where: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Unique:
+    """Fields unique together; with `where`, only among the rows that match it (equality, `In`
+    or `Range` on scalar fields), e.g. one *open* conversation per client and channel."""
+
+    fields: tuple[str, ...] = attrs.field(converter=_tuple)
+    where: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _indexable(cond: Any) -> bool:
+    """Whether a condition can be a partial index's: an equality, `In` or `Range`."""
+    if isinstance(cond, In | Range) or cond is None:
+        return True
+    return not isinstance(cond, Not | HasAny | HasAll | Mapping | Iterable) or isinstance(cond, str)
+
+
+def _indexes(value: Iterable[Index | Sequence[str]]) -> tuple[Index, ...]:
+    return tuple(i if isinstance(i, Index) else Index(tuple(i)) for i in value)
 
 
 def _uniques(value: Iterable[Unique | Sequence[str]]) -> tuple[Unique, ...]:
@@ -144,7 +169,8 @@ class EntityType:
 
     :param name: the table's name, e.g. ``"conversations"``.
     :param cls: the frozen attrs class, with ``id: str`` and ``version: int`` fields.
-    :param indexes: field tuples to index for filtering and ordering.
+    :param indexes: field tuples (or `Index`, partial ones too) to index for filtering and
+        ordering.
     :param unique: field tuples (or `Unique`) that must be unique together; the keys
         `upsert_many` can match on.
     :param members: set-valued fields that filters test with `HasAny` / `HasAll`.
@@ -153,7 +179,7 @@ class EntityType:
 
     name: str
     cls: type[Any]
-    indexes: tuple[tuple[str, ...], ...] = ()
+    indexes: tuple[Index, ...] = attrs.field(default=(), converter=_indexes)
     unique: tuple[Unique, ...] = attrs.field(default=(), converter=_uniques)
     members: tuple[str, ...] = ()
     searchable: tuple[str, ...] = ()
@@ -178,10 +204,8 @@ class EntityType:
                 f"{self.cls.__name__} needs fields `id: str` and `version: int` to be stored",
                 entity=self.name,
             )
-        named = [
-            *(f for i in self.indexes for f in i),
-            *(f for u in self.unique for f in (*u.fields, *u.where)),
-        ]
+        keys: list[Index | Unique] = [*self.indexes, *self.unique]
+        named = [f for key in keys for f in (*key.fields, *key.where)]
         for field in [*named, *self.members, *self.searchable]:
             if field not in self.columns:
                 raise ValidationError(
@@ -190,6 +214,15 @@ class EntityType:
         for field in self.members:
             if self.columns[field] is not Column.JSON:
                 raise ValidationError(f"{self.name}.{field} is not a set", entity=self.name)
+        for key in keys:
+            for field, cond in key.where.items():
+                if self.columns[field] is Column.JSON or not _indexable(cond):
+                    raise ValidationError(
+                        f"{self.name}: an index's `where` holds equalities, In or Range on "
+                        f"scalar fields, not {field}={cond!r}",
+                        entity=self.name,
+                        field=field,
+                    )
 
     # Encoding shared by every backend -----------------------------------------------------------
 

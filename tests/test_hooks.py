@@ -28,12 +28,16 @@ from jivocore import (
     ConfigurationError,
     Conversation,
     EntityType,
+    HasAny,
     HelpDesk,
     In,
+    Index,
     InvalidTransition,
+    Not,
     PluginError,
     Range,
     State,
+    ValidationError,
     Vetoed,
     hookimpl,
     hookspecs,
@@ -272,6 +276,35 @@ def test_hook_register_entity_types(tmp_path):
     assert {"id", "version", "client_id", "title", "stage", "amount", "created"} <= columns
     # Each declared index, then the id (jivocore_sqlite: sets are probed from its entries).
     assert {("stage", "id"), ("client_id", "id")} <= indexed
+
+
+def test_hook_register_entity_types_with_a_partial_index(tmp_path):
+    """An index with a condition covers only the rows that meet it, and the condition may be
+    an equality, In or Range of scalar fields: what every backend can write as a partial
+    index. Anything else is refused where the type is declared, naming the field."""
+    won = Index(("id",), where={"stage": "won", "amount": Range(ge=1000)})
+
+    @hookimpl
+    def jivocore_register_entity_types(register):
+        register(EntityType(name="deals", cls=Deal, indexes=(("stage",), won)))
+
+    with make_desk(tmp_path, plugin("jivocore_deals", jivocore_register_entity_types)) as desk:
+        assert desk.entity_types["deals"].indexes[1] == won
+    with closing(sqlite3.connect(tmp_path / "desk.db")) as conn:
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deals' "
+            "AND sql LIKE '%WHERE%'"
+        ).fetchone()
+    assert sql.endswith("ON [deals] ([id]) WHERE [stage] = 'won' AND [amount] >= 1000")
+    for field, cond in [
+        ("stage", Not("lost")),
+        ("stage", HasAny(["won"])),
+        ("title", {"a": 1}),
+        ("amount", [1, 2]),
+        ("nope", 1),
+    ]:
+        with pytest.raises(ValidationError, match=field):
+            EntityType(name="deals", cls=Deal, indexes=(Index(("id",), where={field: cond}),))
 
 
 @attrs.frozen(kw_only=True)

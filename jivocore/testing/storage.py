@@ -41,6 +41,7 @@ from ..storage import (
     HasAll,
     HasAny,
     In,
+    Index,
     Not,
     Page,
     Range,
@@ -101,10 +102,17 @@ class Ticket:
     pinned: bool = False
 
 
+# The condition of ITEMS' partial index: a filter holding it may be answered from the index.
+POSITIVE = Range(gt=0)
 ITEMS = EntityType(
     name="contract_items",
     cls=Item,
-    indexes=(("size",), ("at", "id"), ("colour", "at", "id")),
+    indexes=(
+        ("size",),
+        ("at", "id"),
+        ("colour", "at", "id"),
+        Index(("id",), where={"size": POSITIVE}),
+    ),
     unique=(("code",),),
     members=("tags",),
     searchable=("title", "body"),
@@ -220,6 +228,8 @@ def _conditions(draw: st.DrawFn) -> dict[str, Any]:
             where[field] = In(draw(st.lists(values, max_size=3)))
         elif kind == "not":
             where[field] = Not(draw(_VALUES[field]))
+        elif field == "size" and draw(st.booleans()):
+            where[field] = POSITIVE  # what the partial index holds
         elif field in _RANGED:
             bounds = draw(st.fixed_dictionaries({}, optional={b: values for b in _BOUNDS}))
             where[field] = Range(**bounds)
@@ -630,6 +640,44 @@ class StorageContract:
         )
         with pytest.raises(ConflictError), storage.transaction() as tx:
             tx.add(Ticket(id="t5", client="e", channel="web", pinned=True))
+
+    def test_a_partial_index_answers_as_the_rows_do(self, storage: Storage) -> None:
+        """ITEMS has a partial index of the ids of items with a positive size. Listings and
+        counts holding that condition, alone, with a set or in an indexed order, answer as
+        the rows say, also after items move into and out of it."""
+        self.add(
+            storage,
+            *(
+                Item(
+                    id=f"i{n:02d}",
+                    size=n % 4 - 1,  # -1, 0, 1, 2
+                    at=T0 + timedelta(minutes=n % 7),
+                    tags=frozenset({"red"} if n % 3 else {"red", "blue"}),
+                )
+                for n in range(40)
+            ),
+        )
+
+        def agree() -> None:
+            with storage.transaction(write=False) as tx:
+                items = list(tx.select(Item))
+                for where in (
+                    {"size": POSITIVE},
+                    {"size": POSITIVE, "tags": HasAny(["blue"])},
+                    {"size": POSITIVE, "tags": HasAll(["red", "blue"])},
+                    {"size": POSITIVE, "tags": HasAny(["red", "blue"]), "colour": Colour.RED},
+                ):
+                    for order in (["id"], ["at"], ["-at"]):
+                        expected = [i.id for i in in_order(items, order) if matches(i, where)]
+                        assert self._walk(tx, where, order, 3) == expected, (where, order)
+                    assert tx.count(Item, where) == len(expected)
+                    assert tx.count(Item, where, limit=2) == min(2, len(expected))
+
+        agree()
+        with storage.transaction() as tx:
+            for item in list(tx.select(Item, {"size": In([0, 1])})):
+                tx.update(attrs.evolve(item, size=1 - item.size))  # 0 <-> 1
+        agree()
 
     # the filter language ----------------------------------------------------------------------
 

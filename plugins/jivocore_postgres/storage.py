@@ -941,10 +941,14 @@ class PostgresStorage:
             default = _default(etype, converter, name)
             if default is not None:
                 conn.execute(f"UPDATE {table} SET {q(name)} = %s", (default,))
-        for fields in etype.indexes:
-            name = _index_name(etype.name, "idx", fields)
-            cols = ", ".join(q(f) for f in fields)
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {q(name)} ON {table} ({cols})")
+        for index in etype.indexes:
+            where = _literal_where(conn, etype, converter, index.where)
+            name = _index_name(etype.name, "idx", index.fields)
+            if where:  # named by its condition too: a changed one makes a new index
+                digest = hashlib.sha1(where.encode()).hexdigest()[:8]
+                name = _index_name(etype.name, "idx", (*index.fields, "where", digest))
+            cols = ", ".join(q(f) for f in index.fields)
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {q(name)} ON {table} ({cols}){where}")
         for unique in etype.unique:
             name = _index_name(etype.name, "unique", unique.fields)
             cols = ", ".join(q(f) for f in unique.fields)
@@ -1098,9 +1102,15 @@ def _literal_where(
 
     clauses = []
     for field, cond in where.items():
-        if isinstance(cond, In):
+        if cond is None:
+            clauses.append(f"{q(field)} IS NULL")
+        elif isinstance(cond, In):
             values = ", ".join(literal(field, v) for v in cond.values)
             clauses.append(f"{q(field)} IN ({values})" if values else "FALSE")
+        elif isinstance(cond, Range):
+            for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
+                if bound is not None:
+                    clauses.append(f"{q(field)} {op} {literal(field, bound)}")
         else:
             clauses.append(f"{q(field)} = {literal(field, cond)}")
     return " WHERE " + " AND ".join(clauses) if clauses else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import sqlite3
@@ -28,6 +29,7 @@ from jivocore import (
     HasAll,
     HasAny,
     In,
+    Index,
     Not,
     NotFoundError,
     Page,
@@ -72,13 +74,20 @@ def _translate(exc: sqlite3.Error | OverflowError, what: str) -> Exception:
 class _Tables:
     """Entity types by class, with the SQL each needs, made once."""
 
-    def __init__(self, entity_types: Sequence[EntityType]) -> None:
+    def __init__(
+        self, entity_types: Sequence[EntityType], converter: cattrs.Converter | None = None
+    ) -> None:
         self.by_class: dict[type[Any], EntityType] = {}
         self.insert: dict[type[Any], str] = {}
         self.columns: dict[str, str] = {}
         self._updates: dict[tuple[str, tuple[str, ...]], str] = {}
         # Each type's indexes, as `_create` names them: what a listing can walk in order.
         self.indexes: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self.fields: dict[str, tuple[str, ...]] = {}  # those indexes' fields, by name
+        # Each type's partial indexes of the id alone: sets of the entities meeting their
+        # conditions, probed as a side table is. Each with its conditions and the test of an
+        # entity in it, in two parts to put the entity's id between.
+        self.probes: dict[str, list[tuple[Mapping[str, Any], str, str]]] = {}
         # Fields that may hold None, which a row-value comparison cannot order.
         self.optional: dict[str, frozenset[str]] = {}
         for etype in entity_types:
@@ -88,8 +97,24 @@ class _Tables:
                 name for name in etype.columns if type(None) in typing.get_args(hints[name])
             )
             self.indexes[etype.name] = [
-                (_index_name(etype.name, fields), fields) for fields in map(_by_id, etype.indexes)
+                (_index_name(etype.name, _by_id(index.fields)), _by_id(index.fields))
+                for index in etype.indexes
+                if not index.where
             ]
+            self.fields.update(self.indexes[etype.name])
+            self.probes[etype.name] = []
+            for index in etype.indexes:
+                if index.where and index.fields == ("id",):
+                    assert converter is not None  # setup() passes it
+                    conditions = _literal_where(etype, converter, index.where, table="p")
+                    self.probes[etype.name].append(
+                        (
+                            index.where,
+                            f"EXISTS (SELECT 1 FROM [{etype.name}] AS p INDEXED BY "
+                            f"[{_partial_name(etype, converter, index)}] WHERE p.id = ",
+                            f" AND {' AND '.join(conditions)})",
+                        )
+                    )
             cols = list(etype.columns)
             # Every column by name, in the type's order: rows a decoder reads by position.
             self.columns[etype.name] = ", ".join(f"[{etype.name}].[{c}]" for c in cols)
@@ -183,6 +208,7 @@ class SQLiteTransaction:
         *,
         probe: bool = False,
         drive: tuple[str, Any] | None = None,
+        walked: Sequence[str] | None = None,
     ) -> tuple[list[str], list[Any]]:
         """`where` as SQL conditions. A set field's condition is `id IN (the holders)`, which
         lets SQLite start from the side table when few entities hold the values. With `probe`,
@@ -193,7 +219,13 @@ class SQLiteTransaction:
         is a set's, the other sets are probed on its holders inside the side table, before any
         entity row is read (an operator's 24,000 clients narrowed to the 4,800 with a tag in
         13 ms, where probing after reading each client took 65), and the columns are made
-        unindexable (`+column`)."""
+        unindexable (`+column`).
+
+        When a set drives, or a walk of the index on the fields `walked`, conditions that a
+        partial index of the id holds (`_covered`) are tested by a lookup in it, on fields the
+        walk does not seek by; a row is then read only for an entity that meets them. Walking
+        1M clients in name order for a tag and open deals, 1.8 -> 0.7 us an entry (in created
+        order, where rows are read in file order, 0.4 -> 0.5)."""
         clauses: list[str] = []
         params: list[Any] = []
         if not where:
@@ -216,6 +248,16 @@ class SQLiteTransaction:
             else:
                 sets[field] = values, isinstance(cond, HasAny)
         set_drives = drive is not None and drive[0] in sets
+        # First, as a lookup in one index costs less than a set probe (one per value). Where
+        # the columns' conditions lead, SQLite starts from their own indexes instead.
+        tested: set[str] = set()
+        if set_drives or walked is not None:
+            entity_id = "h.entity_id" if set_drives else f"[{etype.name}].id"
+            for conditions, head, tail in self._covered(etype, where):
+                if not set_drives and set(conditions) & set(walked or ()):
+                    continue
+                clauses.append(f"{head}{entity_id}{tail}")
+                tested.update(conditions)
         if set_drives:
             assert drive is not None
             holding, holding_params = self._holding(etype, sets, *drive)
@@ -235,7 +277,7 @@ class SQLiteTransaction:
             clauses.append(f"{holders}{having})")
             params += values
         for field, cond in where.items():
-            if field in etype.members:
+            if field in etype.members or field in tested:
                 continue
             col = f"{'+' if set_drives else ''}[{etype.name}].[{field}]"
             if isinstance(cond, In):
@@ -322,6 +364,21 @@ class SQLiteTransaction:
             params += values
         return clauses, params
 
+    def _covered(
+        self, etype: EntityType, where: Where | None
+    ) -> list[tuple[Mapping[str, Any], str, str]]:
+        """The partial indexes of the id alone (`_Tables.probes`) whose conditions `where`
+        holds, the same conditions: an entity is tested for them by one lookup in the index
+        instead of reading its row. A tag's 21,000 holders narrowed to the 1,800 with open deals
+        in 8 ms, where reading each holder's row took 40 (1M clients)."""
+        if not where:
+            return []
+        return [
+            probe
+            for probe in self.tables.probes[etype.name]
+            if all(f in where and where[f] == c for f, c in probe[0].items())
+        ]
+
     def _after(
         self,
         etype: EntityType,
@@ -370,7 +427,10 @@ class SQLiteTransaction:
         the key of the last entry to read or None), SQLite walks that index in the listing's
         order and tests the filter on each row, reading no further than that entry."""
         drive = None if walk is not None else self._drive(etype, where)
-        clauses, params = self._where(etype, where, probe=walk is not None, drive=drive)
+        walked = None if walk is None else self.tables.fields[walk[0]]
+        clauses, params = self._where(
+            etype, where, probe=walk is not None, drive=drive, walked=walked
+        )
         if after is not None:
             clause, values = self._after(etype, parsed, after)
             clauses.append(clause)
@@ -436,11 +496,16 @@ class SQLiteTransaction:
         bound = self._bound(etype)
         counted = lead is not None and lead[1] != "" and lead[0] < bound
         cap = min(6 * reach, lead[0]) if counted and lead is not None else 6 * reach
-        # Set conditions (each value of a HasAll one) narrow each other in their side tables
-        # before any row is read: then finding every match from a counted lead costs about
-        # what a walk that comes back short does, and counts them too.
+        # Set conditions (each value of a HasAll one), and conditions a partial index of the
+        # id holds, narrow each other in their side tables and those indexes before any row is
+        # read: then finding every match from a counted lead costs about what a walk that
+        # comes back short does, and counts them too.
         sets = [c for f, c in (where or {}).items() if f in etype.members]
-        narrowed = sum(len(c.values) if isinstance(c, HasAll) else 1 for c in sets) > 1
+        narrowed = (
+            sum(len(c.values) if isinstance(c, HasAll) else 1 for c in sets)
+            + len(self._covered(etype, where))
+            > 1
+        )
         if cap < reach or (narrowed and counted) or self._rare(etype, where, reach):
             return self._sorted(etype, where, parsed, key, limit)
         rows, last = self._walk(etype, where, parsed, (index, equal), key, reach, limit)
@@ -623,11 +688,15 @@ class SQLiteTransaction:
                 candidates.append((*self._holders(etype, field, values, once=False), field, None))
         bound = self._bound(etype)
         # The columns' conditions (listed first) lead when nothing is counted under the
-        # bound; without an index for them, any set does.
+        # bound; without an index for them, any set does. So does a set when partial indexes
+        # hold every column condition: its holders are then narrowed without reading a row
+        # (a count of 1,000 clients with a tag and open deals, 15 -> 5 ms).
+        covered = {f for conditions, _, _ in self._covered(etype, where) for f in conditions}
+        ties = bool(columns) and columns.keys() <= covered
         best: tuple[int, str, Any] = (bound + 1, "", None)
         for sql, params, field, value in candidates:
             count = self._bounded(sql, params, min(best[0], bound))
-            if count < best[0]:
+            if count < best[0] or (ties and field and count == best[0] and not best[1]):
                 best = (count, field, value)
         return best
 
@@ -704,11 +773,17 @@ class SQLiteTransaction:
             return known[0] if limit is None else min(known[0], limit)
         field, cond = next(iter(where.items())) if where and len(where) == 1 else ("", None)
         source, repeats = self._source(etype, where, drive)
+        probed = {f for conditions, _, _ in self._covered(etype, where) for f in conditions}
         if field in etype.members and isinstance(cond, HasAny) and params:
             # One set condition: its side table's (value, entity_id) index answers alone.
             sql, params = self._holders(etype, field, params)
-        elif drive is not None and drive[0] and all(f in etype.members for f in where or {}):
-            # Only sets, one leading: their side tables answer alone.
+        elif (
+            drive is not None
+            and drive[0]
+            and all(f in etype.members or f in probed for f in where or {})
+        ):
+            # Only sets, one leading, and conditions partial indexes hold: their side tables
+            # and those indexes answer alone.
             side = f"[{etype.name}__{drive[0]}]"
             sql = f"SELECT {'DISTINCT h.entity_id' if repeats else '1'} FROM {side} AS h"
             sql += " WHERE " + " AND ".join(clauses)
@@ -1218,7 +1293,7 @@ class SQLiteStorage:
         return conn
 
     def setup(self, entity_types: Sequence[EntityType], converter: cattrs.Converter) -> None:
-        self._tables = _Tables(entity_types)
+        self._tables = _Tables(entity_types, converter)
         self._converter = converter
         conn = self._connect()
         with self._memory_lock:
@@ -1258,19 +1333,29 @@ class SQLiteStorage:
                     db.execute(f"UPDATE [{etype.name}] SET [{name}] = ?", [value])
             else:
                 table.create(columns, pk="id", not_null={"version"})
-            for declared in etype.indexes:
-                fields = _by_id(declared)
+            for index in etype.indexes:
+                fields = _by_id(index.fields)
+                if index.where:
+                    name = _partial_name(etype, converter, index)
+                    cols = ", ".join(f"[{f}]" for f in fields)
+                    where = " AND ".join(_literal_where(etype, converter, index.where))
+                    db.execute(
+                        f"CREATE INDEX IF NOT EXISTS [{name}] ON [{etype.name}] ({cols}) "
+                        f"WHERE {where}"
+                    )
+                    continue
                 table.create_index(
                     fields, index_name=_index_name(etype.name, fields), if_not_exists=True
                 )
-                if fields != tuple(declared):  # made before indexes ended with the id
-                    db.execute(f"DROP INDEX IF EXISTS [{_index_name(etype.name, declared)}]")
+                if fields != index.fields:  # made before indexes ended with the id
+                    db.execute(f"DROP INDEX IF EXISTS [{_index_name(etype.name, index.fields)}]")
             for unique in etype.unique:
                 name = f"{etype.name}_unique_{'_'.join(unique.fields)}"
                 cols = ", ".join(f"[{f}]" for f in unique.fields)
-                where = _literal_where(etype, converter, unique.where)
+                where = " AND ".join(_literal_where(etype, converter, unique.where))
                 db.execute(
-                    f"CREATE UNIQUE INDEX IF NOT EXISTS [{name}] ON [{etype.name}] ({cols}){where}"
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS [{name}] ON [{etype.name}] ({cols})"
+                    + (f" WHERE {where}" if where else "")
                 )
             for field in etype.members:
                 side = db.table(f"{etype.name}__{field}")
@@ -1366,22 +1451,42 @@ class SQLiteStorage:
             self._local = threading.local()
 
 
-def _literal_where(etype: EntityType, converter: cattrs.Converter, where: Mapping[str, Any]) -> str:
-    """A partial index's WHERE clause: SQLite takes no parameters there, so values are quoted."""
+def _literal_where(
+    etype: EntityType, converter: cattrs.Converter, where: Mapping[str, Any], table: str = ""
+) -> list[str]:
+    """A partial index's conditions, of the columns of `table` if named: SQLite takes no
+    parameters there, so values are quoted. A query may use the index when it holds these
+    very conditions, spelt alike (SQLite compares them as written)."""
 
-    def quote(value: Any) -> str:
+    def quote(field: str, value: Any) -> str:
+        value = etype.value(converter, field, value)
         if isinstance(value, bool | int | float):
             return str(int(value) if isinstance(value, bool) else value)
         return "'" + str(value).replace("'", "''") + "'"
 
     clauses = []
     for field, cond in where.items():
-        if isinstance(cond, In):
-            values = [quote(etype.value(converter, field, v)) for v in cond.values]
-            clauses.append(f"[{field}] IN ({', '.join(values)})")
+        col = f"{table}.[{field}]" if table else f"[{field}]"
+        if cond is None:
+            clauses.append(f"{col} IS NULL")
+        elif isinstance(cond, In):
+            values = [quote(field, v) for v in cond.values]
+            clauses.append(f"{col} IN ({', '.join(values)})")
+        elif isinstance(cond, Range):
+            for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
+                if bound is not None:
+                    clauses.append(f"{col} {op} {quote(field, bound)}")
         else:
-            clauses.append(f"[{field}] = {quote(etype.value(converter, field, cond))}")
-    return " WHERE " + " AND ".join(clauses) if clauses else ""
+            clauses.append(f"{col} = {quote(field, cond)}")
+    return clauses
+
+
+def _partial_name(etype: EntityType, converter: cattrs.Converter, index: Index) -> str:
+    """A partial index's name: its fields, its condition's fields and a digest of the condition,
+    so that a changed condition makes a new index rather than finding the old one."""
+    where = " AND ".join(_literal_where(etype, converter, index.where))
+    digest = hashlib.sha1(where.encode()).hexdigest()[:8]
+    return f"{_index_name(etype.name, _by_id(index.fields))}_where_{'_'.join(index.where)}_{digest}"
 
 
 class _NoLock:
