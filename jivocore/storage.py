@@ -79,6 +79,16 @@ class HasAll:
     values: frozenset[Any] = attrs.field(converter=_frozenset)
 
 
+@attrs.frozen
+class IdOf:
+    """The field holds the id of an entity of `cls` (a registered type) that matches `where`:
+    the deals of the clients an operator sees are `{"client_id": IdOf(Client, {"involved":
+    HasAny([ann.id])})}`, one query however many clients those are."""
+
+    cls: type[Any]
+    where: Mapping[str, Any] = attrs.field(factory=dict)
+
+
 Where = Mapping[str, Any]  # field -> value (equality; None is IS NULL) or an operator above
 """A filter: every condition must hold. `{"state": "inbox", "created": Range(ge=t)}`."""
 
@@ -152,7 +162,8 @@ def _indexable(cond: Any) -> bool:
     """Whether a condition can be a partial index's: an equality, `In` or `Range`."""
     if isinstance(cond, In | Range) or cond is None:
         return True
-    return not isinstance(cond, Not | HasAny | HasAll | Mapping | Iterable) or isinstance(cond, str)
+    operators = Not | HasAny | HasAll | IdOf
+    return not isinstance(cond, operators | Mapping | Iterable) or isinstance(cond, str)
 
 
 def _indexes(value: Iterable[Index | Sequence[str]]) -> tuple[Index, ...]:

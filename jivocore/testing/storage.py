@@ -22,7 +22,7 @@ import enum
 import re
 import threading
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -40,6 +40,7 @@ from ..storage import (
     EntityType,
     HasAll,
     HasAny,
+    IdOf,
     In,
     Index,
     Not,
@@ -245,11 +246,17 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
-def matches(entity: Any, where: Where) -> bool:
-    """Whether `entity` satisfies `where`, as the filter language defines it, in plain Python."""
+def matches(
+    entity: Any, where: Where, stored: Mapping[type[Any], Sequence[Any]] | None = None
+) -> bool:
+    """Whether `entity` satisfies `where`, as the filter language defines it, in plain Python;
+    `stored` holds the entities of each type an `IdOf` may name."""
     for field, cond in where.items():
         value = _plain(getattr(entity, field))
-        if isinstance(cond, HasAny):
+        if isinstance(cond, IdOf):
+            assert stored is not None, "IdOf needs the stored entities"
+            ok = value in {e.id for e in stored[cond.cls] if matches(e, cond.where, stored)}
+        elif isinstance(cond, HasAny):
             ok = bool(value & {_plain(v) for v in cond.values})
         elif isinstance(cond, HasAll):
             ok = {_plain(v) for v in cond.values} <= value
@@ -815,6 +822,113 @@ class StorageContract:
             assert tx.count(Item, where) == len(expected)
             for limit in (0, 1, 3, 30):
                 assert tx.count(Item, where, limit=limit) == min(limit, len(expected))
+
+        self.rolled_back(storage, work)
+
+    def test_id_of_finds_what_refers_to_matching_entities(self, storage: Storage) -> None:
+        items = self.add(
+            storage,
+            Item(id="a", size=1, tags=frozenset({"red"}), code="not an id"),
+            Item(id="b", size=2, tags=frozenset({"red", "blue"})),  # its code is its id
+            Item(id="c", size=3, code="a"),
+        )
+        tickets = self.add(
+            storage,
+            *(
+                Ticket(id=f"t{n}", client=client, channel=f"ch{n}", phase=phase)
+                for n, (client, phase) in enumerate(
+                    [
+                        ("a", Phase.NEW),
+                        ("b", Phase.NEW),
+                        ("b", Phase.DONE),
+                        ("c", Phase.NEW),
+                        ("gone", Phase.NEW),  # the id of no item
+                    ]
+                )
+            ),
+        )
+        stored: dict[type[Any], Sequence[Any]] = {Item: items, Ticket: tickets}
+
+        def listed(cls: type[Any], where: Where) -> list[str]:
+            with storage.transaction(write=False) as tx:
+                found = [e.id for e in tx.select(cls, where)]
+                assert tx.count(cls, where) == len(found)
+                assert [e.id for e in tx.select(cls, where, limit=1)] == found[:1]
+            assert found == [e.id for e in stored[cls] if matches(e, where, stored)]
+            return found
+
+        assert listed(Ticket, {"client": IdOf(Item, {"tags": HasAny(["red"])})}) == [
+            "t0",
+            "t1",
+            "t2",
+        ]
+        assert listed(Ticket, {"client": IdOf(Item, {"tags": HasAll(["red", "blue"])})}) == [
+            "t1",
+            "t2",
+        ]
+        red_new = {"client": IdOf(Item, {"tags": HasAny(["red"])}), "phase": Phase.NEW}
+        assert listed(Ticket, red_new) == ["t0", "t1"]
+        assert listed(Ticket, {"client": IdOf(Item, {"size": Range(ge=2)})}) == ["t1", "t2", "t3"]
+        assert listed(Ticket, {"client": IdOf(Item)}) == ["t0", "t1", "t2", "t3"]  # any item
+        assert listed(Ticket, {"client": IdOf(Item, {"tags": HasAny([])})}) == []
+        # Of the same type: the items whose code is the id of an item with a red tag.
+        assert listed(Item, {"code": IdOf(Item, {"tags": HasAny(["red"])})}) == ["b", "c"]
+        assert listed(Item, {"code": IdOf(Item, {"size": 1})}) == ["c"]
+        for wrong in (
+            {"client": IdOf(int, {})},  # not a registered type
+            {"client": IdOf(Item, {"nope": 1})},
+            {"client": IdOf(Item, {"tags": "red"})},
+        ):
+            with pytest.raises(ValidationError), storage.transaction(write=False) as tx:
+                list(tx.select(Ticket, wrong))
+
+    @given(
+        items=_items(max_size=12),
+        refs=st.lists(st.integers(0, 14), max_size=20),
+        inner=_conditions(),
+        phase=st.none() | st.sampled_from(Phase),
+        order=st.sampled_from([["id"], ["-id"], ["client", "channel"], ["phase"]]),
+        limit=st.integers(1, 4),
+    )
+    @_CHECKS
+    def test_id_of_agrees_with_python(
+        self,
+        storage: Storage,
+        items: list[Item],
+        refs: list[int],
+        inner: dict[str, Any],
+        phase: Phase | None,
+        order: list[str],
+        limit: int,
+    ) -> None:
+        """Tickets whose client is the id of an item matching a generated filter (some refer
+        to no item), with or without a condition of their own, in pages and counted."""
+        ids = sorted(i.id for i in items) + [f"item-{n:03d}" for n in range(1000, 1003)]
+        tickets = [
+            Ticket(id=f"t{k:02d}", client=ids[r % len(ids)], channel=f"ch{k}", phase=Phase.NEW)
+            for k, r in enumerate(refs)
+        ]
+        tickets = [attrs.evolve(t, phase=list(Phase)[k % 3]) for k, t in enumerate(tickets)]
+        where: dict[str, Any] = {"client": IdOf(Item, inner)}
+        if phase is not None:
+            where["phase"] = phase
+        stored: dict[type[Any], Sequence[Any]] = {Item: items, Ticket: tickets}
+        expected = [t.id for t in in_order(tickets, order) if matches(t, where, stored)]
+
+        def work(tx: Transaction) -> None:
+            for entity in [*items, *tickets]:
+                tx.add(entity)
+            assert tx.count(Ticket, where) == len(expected)
+            assert tx.count(Ticket, where, limit=2) == min(2, len(expected))
+            seen: list[str] = []
+            after: str | None = None
+            while True:
+                page = tx.page(Ticket, where, order=order, after=after, limit=limit)
+                seen += [t.id for t in page.items]
+                if page.next is None:
+                    break
+                after = page.next
+            assert seen == expected
 
         self.rolled_back(storage, work)
 

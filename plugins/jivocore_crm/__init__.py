@@ -22,6 +22,7 @@ from jivocore import (
     HasAll,
     HasAny,
     HelpDesk,
+    IdOf,
     In,
     Operator,
     Page,
@@ -92,12 +93,10 @@ def visible_client(tx: Transaction, operator: Operator, client_id: str) -> Clien
     return client
 
 
-def visible_client_ids(tx: Transaction, operator: Operator) -> frozenset[str] | None:
-    """The ids of the clients the operator sees, or None for all: what keeps listings of
-    deals and tasks to the operator's clients (an operator sees a bounded set)."""
-    if sees_all(operator):
-        return None
-    return frozenset(c.id for c in tx.select(Client, scope(operator)))
+def client_scope(operator: Operator) -> dict[str, Any]:
+    """The condition that keeps a query of what belongs to clients (deals, tasks: a `client_id`
+    field) to the clients the operator may see: one query, however many clients those are."""
+    return {} if sees_all(operator) else {"client_id": IdOf(Client, scope(operator))}
 
 
 def involve(work: Work, client: Client, operator_id: str | None) -> Client:
@@ -323,6 +322,7 @@ __all__ = [
     "Listing",
     "Today",
     "add_client",
+    "client_scope",
     "counted",
     "day_bounds",
     "edit_client",
@@ -335,7 +335,6 @@ __all__ = [
     "statuses",
     "today",
     "visible_client",
-    "visible_client_ids",
 ]
 
 

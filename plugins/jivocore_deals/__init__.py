@@ -28,7 +28,7 @@ from jivocore import (
     hookimpl,
     new_id,
 )
-from jivocore_crm import Listing, counted, involve, visible_client, visible_client_ids
+from jivocore_crm import Listing, client_scope, counted, involve, visible_client
 
 DEFAULT_PIPELINE = ("new", "qualified", "proposal", "negotiation")
 
@@ -69,10 +69,13 @@ def jivocore_register_entity_types(register: Callable[[EntityType], None]) -> No
         EntityType(
             name="deals",
             cls=Deal,
+            # Listings' order (-updated), for each status, a stage of the pipeline, and all.
             indexes=(
                 ("client_id", "status"),
                 ("responsible_id", "status", "updated"),
                 ("status", "updated"),
+                ("status", "stage", "updated"),
+                ("updated",),
             ),
         )
     )
@@ -304,9 +307,7 @@ def find_deals(
             visible_client(tx, operator, client_id)
             where["client_id"] = client_id
         else:
-            visible = visible_client_ids(tx, operator)
-            if visible is not None:
-                where["client_id"] = In(sorted(visible))
+            where.update(client_scope(operator))
         page = tx.page(Deal, where, order=order, after=after, limit=limit)
         return counted(desk, tx, Deal, where, page)
 

@@ -36,6 +36,7 @@ from jivocore import (
     Event,
     HasAll,
     HasAny,
+    IdOf,
     In,
     JivoError,
     Not,
@@ -316,6 +317,13 @@ class PostgresTransaction:
                 if len(present) < len(values):
                     ors.append(f"{col} IS NULL")
                 clauses.append("(" + " OR ".join(ors) + ")" if ors else "FALSE")
+            elif isinstance(cond, IdOf):
+                self._value(etype, field, None)
+                inner = self.tables.of(cond.cls)
+                found, found_params = self._where(inner, cond.where)
+                ids = f"SELECT {q(inner.name)}.id FROM {q(inner.name)}"
+                clauses.append(f"{col} IN ({ids}{' WHERE ' if found else ''}{' AND '.join(found)})")
+                params += found_params
             elif isinstance(cond, Not):
                 if cond.value is None:
                     self._value(etype, field, None)

@@ -24,7 +24,6 @@ from jivocore import (
     Conversation,
     EntityType,
     HelpDesk,
-    In,
     InvalidTransition,
     JivoError,
     NotFoundError,
@@ -39,7 +38,7 @@ from jivocore import (
     new_id,
     schedule,
 )
-from jivocore_crm import Listing, counted, day_bounds, involve, visible_client, visible_client_ids
+from jivocore_crm import Listing, client_scope, counted, day_bounds, involve, visible_client
 
 TIMER = "task_due"
 
@@ -66,7 +65,13 @@ def jivocore_register_entity_types(register: Callable[[EntityType], None]) -> No
         EntityType(
             name="tasks",
             cls=Task,
-            indexes=(("client_id", "done", "due"), ("assignee_id", "done", "due"), ("done", "due")),
+            # Listings' order (due), done or not and both.
+            indexes=(
+                ("client_id", "done", "due"),
+                ("assignee_id", "done", "due"),
+                ("done", "due"),
+                ("due",),
+            ),
         )
     )
 
@@ -298,9 +303,7 @@ def find_tasks(
             visible_client(tx, operator, client_id)
             where["client_id"] = client_id
         else:
-            visible = visible_client_ids(tx, operator)
-            if visible is not None:
-                where["client_id"] = In(sorted(visible))
+            where.update(client_scope(operator))
         page = tx.page(Task, where, order=order, after=after, limit=limit)
         return counted(desk, tx, Task, where, page)
 
