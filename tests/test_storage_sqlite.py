@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from jivocore import HasAny, make_converter
@@ -162,3 +163,65 @@ def test_a_partial_index_of_the_id_is_probed_where_it_saves_reading_rows(tmp_pat
     assert probed(listed({"size": POSITIVE, "tags": HasAny(["blue"])}, ["-at"]))
     # A walk of (size, id) seeks the range itself.
     assert not probed(listed({"size": POSITIVE}, ["size"]))
+
+
+def test_listings_stay_right_when_other_connections_change_what_they_counted(
+    tmp_path: Path,
+) -> None:
+    """A connection keeps the bounded counts that chose where its listings start, across
+    transactions; they choose plans, never answers. Another thread's commits that turn the
+    smallest condition into the largest leave every answer right."""
+    import threading
+
+    from jivocore import In, Range
+    from jivocore.testing.storage import ENTITY_TYPES, Item, in_order, matches
+
+    storage = SQLiteStorage(str(tmp_path / "counts.db"))
+    storage.setup(ENTITY_TYPES, make_converter())
+    items = [
+        Item(id=f"i{n:03d}", size=n % 7, tags=frozenset({"red"} if n % 40 else {"red", "blue"}))
+        for n in range(400)
+    ]
+
+    def write(change: Callable[[Any], None]) -> None:  # in a thread of its own: another connection
+        def run() -> None:
+            with storage.transaction() as tx:
+                change(tx)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+
+    write(lambda tx: [tx.add(item) for item in items])
+    wheres = [
+        {"tags": HasAny(["blue"]), "size": Range(ge=3)},
+        {"tags": HasAny(["blue"]), "size": In([1, 2])},
+    ]
+
+    def agree() -> None:
+        with storage.transaction(write=False) as tx:
+            stored = list(tx.select(Item))
+            for where in wheres:
+                expected = [i.id for i in in_order(stored, ["-at"]) if matches(i, where)]
+                assert [i.id for i in tx.select(Item, where, order=["-at"], limit=5)] == (
+                    expected[:5]
+                )
+                assert tx.count(Item, where) == len(expected)
+
+    agree()
+    agree()  # from the counts kept
+
+    def move_blue(tx: Any) -> None:  # ten other items are blue: the same counts, other answers
+        for item in list(tx.select(Item, {"tags": HasAny(["blue"])})):
+            tx.update(attrs.evolve(item, tags=frozenset({"red"})))
+        for item in list(tx.select(Item, {"size": 6}, limit=10)):
+            tx.update(attrs.evolve(item, tags=item.tags | {"blue"}))
+
+    def flip(tx: Any) -> None:  # blue becomes common and the sizes rare
+        for item in list(tx.select(Item)):
+            tx.update(attrs.evolve(item, tags=item.tags | {"blue"}, size=item.size + 10))
+
+    write(move_blue)
+    agree()
+    write(flip)
+    agree()
