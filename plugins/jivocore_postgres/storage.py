@@ -322,7 +322,9 @@ class PostgresTransaction:
                 inner = self.tables.of(cond.cls)
                 found, found_params = self._where(inner, cond.where)
                 ids = f"SELECT {q(inner.name)}.id FROM {q(inner.name)}"
-                clauses.append(f"{col} IN ({ids}{' WHERE ' if found else ''}{' AND '.join(found)})")
+                if found:
+                    ids += " WHERE " + " AND ".join(found)
+                clauses.append(f"{col} IN ({ids})")
                 params += found_params
             elif isinstance(cond, Not):
                 if cond.value is None:
