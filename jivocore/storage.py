@@ -64,6 +64,12 @@ class Range:
     lt: Any = None
     le: Any = None
 
+    def bounds(self) -> list[tuple[str, Any]]:
+        """The bounds given, each as its comparison operator (``<``, ``<=``, ``>``, ``>=``) and
+        value: what a backend writes out."""
+        given = (("<", self.lt), ("<=", self.le), (">", self.gt), (">=", self.ge))
+        return [(op, bound) for op, bound in given if bound is not None]
+
 
 @attrs.frozen
 class HasAny:

@@ -335,10 +335,9 @@ class PostgresTransaction:
                     params.append(self._value(etype, field, cond.value))
             elif isinstance(cond, Range):
                 self._value(etype, field, None)
-                for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
-                    if bound is not None:
-                        clauses.append(f"{col} {op} %s")
-                        params.append(self._value(etype, field, bound))
+                for op, bound in cond.bounds():
+                    clauses.append(f"{col} {op} %s")
+                    params.append(self._value(etype, field, bound))
             elif cond is None:
                 self._value(etype, field, None)
                 clauses.append(f"{col} IS NULL")
@@ -1118,9 +1117,8 @@ def _literal_where(
             values = ", ".join(literal(field, v) for v in cond.values)
             clauses.append(f"{q(field)} IN ({values})" if values else "FALSE")
         elif isinstance(cond, Range):
-            for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
-                if bound is not None:
-                    clauses.append(f"{q(field)} {op} {literal(field, bound)}")
+            for op, bound in cond.bounds():
+                clauses.append(f"{q(field)} {op} {literal(field, bound)}")
         else:
             clauses.append(f"{q(field)} = {literal(field, cond)}")
     return " WHERE " + " AND ".join(clauses) if clauses else ""

@@ -308,10 +308,9 @@ class SQLiteTransaction:
                     clauses.append(f"({col} IS NULL OR {col} != ?)")
                     params.append(etype.value(self.converter, field, cond.value))
             elif isinstance(cond, Range):
-                for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
-                    if bound is not None:
-                        clauses.append(f"{col} {op} ?")
-                        params.append(etype.value(self.converter, field, bound))
+                for op, bound in cond.bounds():
+                    clauses.append(f"{col} {op} ?")
+                    params.append(etype.value(self.converter, field, bound))
             elif cond is None:
                 clauses.append(f"{col} IS NULL")
             else:
@@ -1585,9 +1584,8 @@ def _literal_where(
             values = [quote(field, v) for v in cond.values]
             clauses.append(f"{col} IN ({', '.join(values)})")
         elif isinstance(cond, Range):
-            for op, bound in (("<", cond.lt), ("<=", cond.le), (">", cond.gt), (">=", cond.ge)):
-                if bound is not None:
-                    clauses.append(f"{col} {op} {quote(field, bound)}")
+            for op, bound in cond.bounds():
+                clauses.append(f"{col} {op} {quote(field, bound)}")
         else:
             clauses.append(f"{col} = {quote(field, cond)}")
     return clauses
