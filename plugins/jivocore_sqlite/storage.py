@@ -97,15 +97,13 @@ class _Tables:
             self.optional[etype.name] = frozenset(
                 name for name in etype.columns if type(None) in typing.get_args(hints[name])
             )
-            self.indexes[etype.name] = [
-                (_index_name(etype.name, _by_id(index.fields)), _by_id(index.fields))
-                for index in etype.indexes
-                if not index.where
-            ]
-            self.fields.update(self.indexes[etype.name])
+            self.indexes[etype.name] = []
             self.probes[etype.name] = []
             for index in etype.indexes:
-                if index.where and index.fields == ("id",):
+                if not index.where:
+                    fields = _by_id(index.fields)
+                    self.indexes[etype.name].append((_index_name(etype.name, fields), fields))
+                elif index.fields == ("id",):
                     assert converter is not None  # setup() passes it
                     conditions = _literal_where(etype, converter, index.where, table="p")
                     self.probes[etype.name].append(
@@ -116,6 +114,7 @@ class _Tables:
                             f" AND {' AND '.join(conditions)})",
                         )
                     )
+            self.fields.update(self.indexes[etype.name])
             cols = list(etype.columns)
             # Every column by name, in the type's order: rows a decoder reads by position.
             self.columns[etype.name] = ", ".join(f"[{etype.name}].[{c}]" for c in cols)
@@ -457,6 +456,10 @@ class SQLiteTransaction:
             if all(f in where and where[f] == c for f, c in probe[0].items())
         ]
 
+    def _covered_fields(self, etype: EntityType, where: Where | None) -> set[str]:
+        """The fields whose conditions in `where` partial indexes hold (`_covered`)."""
+        return {f for conditions, _, _ in self._covered(etype, where) for f in conditions}
+
     def _after(
         self,
         etype: EntityType,
@@ -785,8 +788,7 @@ class SQLiteTransaction:
         # open deals, 15 -> 5 ms); and so do the ids of an IdOf, each looked up in the field's
         # index (an operator's 24,000 clients for 1,000 of their open deals among 90,000:
         # 9 ms, where testing each open deal took 20).
-        covered = {f for conditions, _, _ in self._covered(etype, where) for f in conditions}
-        ties = bool(columns) and columns.keys() <= covered
+        ties = bool(columns) and columns.keys() <= self._covered_fields(etype, where)
         best: tuple[int, str, Any] = (bound + 1, "", None)
         for sql, params, field, value in candidates:
             count = self._bounded(sql, params, min(best[0], bound))
@@ -876,7 +878,7 @@ class SQLiteTransaction:
             return known[0] if limit is None else min(known[0], limit)
         field, cond = next(iter(where.items())) if where and len(where) == 1 else ("", None)
         source, repeats = self._source(etype, where, drive)
-        probed = {f for conditions, _, _ in self._covered(etype, where) for f in conditions}
+        probed = self._covered_fields(etype, where)
         if field in etype.members and isinstance(cond, HasAny) and params:
             # One set condition: its side table's (value, entity_id) index answers alone.
             sql, params = self._holders(etype, field, params)
