@@ -905,10 +905,11 @@ class StorageContract:
         to no item), with or without a condition of their own, in pages and counted."""
         ids = sorted(i.id for i in items) + [f"item-{n:03d}" for n in range(1000, 1003)]
         tickets = [
-            Ticket(id=f"t{k:02d}", client=ids[r % len(ids)], channel=f"ch{k}", phase=Phase.NEW)
+            Ticket(
+                id=f"t{k:02d}", client=ids[r % len(ids)], channel=f"ch{k}", phase=list(Phase)[k % 3]
+            )
             for k, r in enumerate(refs)
         ]
-        tickets = [attrs.evolve(t, phase=list(Phase)[k % 3]) for k, t in enumerate(tickets)]
         where: dict[str, Any] = {"client": IdOf(Item, inner)}
         if phase is not None:
             where["phase"] = phase
@@ -920,15 +921,7 @@ class StorageContract:
                 tx.add(entity)
             assert tx.count(Ticket, where) == len(expected)
             assert tx.count(Ticket, where, limit=2) == min(2, len(expected))
-            seen: list[str] = []
-            after: str | None = None
-            while True:
-                page = tx.page(Ticket, where, order=order, after=after, limit=limit)
-                seen += [t.id for t in page.items]
-                if page.next is None:
-                    break
-                after = page.next
-            assert seen == expected
+            assert self._walk(tx, where, order, limit, Ticket) == expected
 
         self.rolled_back(storage, work)
 
@@ -979,11 +972,18 @@ class StorageContract:
                 with pytest.raises(ValidationError):
                     tx.page(Item, order=["size"], after=after)
 
-    def _walk(self, tx: Transaction, where: Where, order: Sequence[str], limit: int) -> list[str]:
+    def _walk(
+        self,
+        tx: Transaction,
+        where: Where,
+        order: Sequence[str],
+        limit: int,
+        cls: type[Any] = Item,
+    ) -> list[str]:
         seen: list[str] = []
         after: str | None = None
         while True:
-            page = tx.page(Item, where, order=order, after=after, limit=limit)
+            page = tx.page(cls, where, order=order, after=after, limit=limit)
             assert len(page.items) <= limit
             seen += [i.id for i in page.items]
             if page.next is None:
