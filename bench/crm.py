@@ -527,6 +527,20 @@ class Answer(NamedTuple):
     exact: bool = True
 
 
+def answered(found: crm.Listing[Any]) -> tuple[Answer, Any]:
+    """An engine listing as both sides are compared: the page's ids, count and exactness, and
+    the cursor of the next page."""
+    return Answer(tuple(e.id for e in found.items), found.count, found.exact), found.next
+
+
+def paged(rows: Sequence[Any], count: int, cap: int) -> tuple[Answer, Any]:
+    """A hand-written page (rows of id, order key, ..., one past the page when there is more)
+    and its count, exact under `cap`: as `answered`, its next key the last row's."""
+    page = rows[:PAGE]
+    nxt = (page[-1][1], page[-1][0]) if len(rows) > PAGE else None
+    return Answer(tuple(r[0] for r in page), count, count < cap), nxt
+
+
 class Query(NamedTuple):
     """One timed call on each side: the engine's and the hand-written one, for the same answer.
     Each returns (answer, what resumes the next page)."""
@@ -662,10 +676,7 @@ class Hand:
                 f"LIMIT {bound})",
                 [match],
             ).fetchone()[0]
-        count = count or 0
-        page = rows[:PAGE]
-        nxt = (page[-1][1], page[-1][0]) if len(rows) > PAGE else None
-        return Answer(tuple(r[0] for r in page), count, count < bound), nxt
+        return paged(rows, count or 0, bound)
 
     def scoped(
         self,
@@ -723,9 +734,7 @@ class Hand:
             ).fetchone()[0]
         finally:
             conn.execute("COMMIT")
-        page = rows[:PAGE]
-        nxt = (page[-1][1], page[-1][0]) if len(rows) > PAGE else None
-        return Answer(tuple(r[0] for r in page), n, n < self.cap), nxt
+        return paged(rows, n, self.cap)
 
 
 # The orders of deals and tasks listings: ORDER BY, the keyset after a cursor, the order column.
@@ -800,7 +809,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
     def listing(actor: str, flt: crm.ClientFilter, order: tuple[str, ...], sql: Filter) -> Query:
         def engine(after: Any) -> tuple[Answer, Any]:
             found = crm.find_clients(desk, actor, flt, order=order, after=after, limit=PAGE)
-            return Answer(tuple(c.id for c in found.items), found.count, found.exact), found.next
+            return answered(found)
 
         def manual(after: Any) -> tuple[Answer, Any]:
             return hand.clients(sql, order, after)
@@ -901,7 +910,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
 
         def engine(after: Any) -> tuple[Answer, Any]:
             found = crm.find_clients(desk, boss, flt, order=order, after=after, limit=PAGE)
-            return Answer(tuple(c.id for c in found.items), found.count, found.exact), found.next
+            return answered(found)
 
         return Query(engine, lambda after: hand.text(words_, order, after, bound))
 
@@ -1039,7 +1048,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
 
         def engine(after: Any) -> tuple[Answer, Any]:
             found = deals.find_deals(desk, op, status="open", stages=stages, after=after)
-            return Answer(tuple(d.id for d in found.items), found.count, found.exact), found.next
+            return answered(found)
 
         def manual(after: Any) -> tuple[Answer, Any]:
             return hand.scoped(
@@ -1060,7 +1069,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
 
         def engine(after: Any) -> tuple[Answer, Any]:
             found = tasks.find_tasks(desk, op, due="today", after=after)
-            return Answer(tuple(t.id for t in found.items), found.count, found.exact), found.next
+            return answered(found)
 
         def manual(after: Any) -> tuple[Answer, Any]:
             return hand.scoped(
@@ -1088,7 +1097,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
                 found = tasks.overdue(desk, op)
             else:
                 found = tasks.find_tasks(desk, op, assignee_id=op, due="overdue", after=after)
-            return Answer(tuple(t.id for t in found.items), found.count, found.exact), found.next
+            return answered(found)
 
         def manual(after: Any) -> tuple[Answer, Any]:
             """The operator's own index `(assignee_id, done, due, id)`, each entry's client
@@ -1112,9 +1121,7 @@ def make_cases(desk: HelpDesk, hand: Hand, world: World) -> list[Case]:
                 ).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
-            page = rows[:PAGE]
-            nxt = (page[-1][1], page[-1][0]) if len(rows) > PAGE else None
-            return Answer(tuple(r[0] for r in page), n, n < hand.cap), nxt
+            return paged(rows, n, hand.cap)
 
         return Query(engine, manual)
 
